@@ -1,0 +1,59 @@
+"""The `pebble-migrate` command: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from pebble_migrate.cli.options import global_options, settings
+from pebble_migrate.cli.render import Renderer
+from pebble_migrate.errors import MigrateError
+
+
+class _Group(click.Group):
+    """A group that turns library errors into `Error: ...` and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MigrateError as exc:
+            s = settings()
+            Renderer(json_mode=s.json, verbose=s.verbose).error(exc)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@global_options
+@click.version_option(package_name="pebble-migrate")
+def cli() -> None:
+    """Versioned, recoverable data migrations for RocksDB databases.
+
+    Global options (-d, -m, -v, -n, --json, --backup-dir) may come before or after the
+    command name. Exit codes: 0 ok, 1 error, 2 usage, 3 pending (status --check),
+    4 not clean, 5 database in use, 6 migration failed, 7 validation failed,
+    130/143 interrupted by SIGINT/SIGTERM.
+    """
+    _configure_logging()
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("pebble_migrate")
+    if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._pebble_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+def main() -> None:
+    """Run the CLI (console script entry point)."""
+
+    cli.main(prog_name="pebble-migrate")
+
+
+from pebble_migrate.cli import backup, inspect, maintain, migrate  # noqa: E402, F401

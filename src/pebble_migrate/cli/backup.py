@@ -1,0 +1,241 @@
+"""The `backup` command group: create, list, verify, restore, cleanup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import rocksdict
+from rich.markup import escape
+from rich.table import Table
+
+from pebble_migrate import backup as backups
+from pebble_migrate import restore as restoring
+from pebble_migrate.cli import cli
+from pebble_migrate.cli.inspect import renderer
+from pebble_migrate.cli.options import Settings, confirmer, global_options, settings
+from pebble_migrate.cli.render import Renderer
+from pebble_migrate.errors import UsageError
+from pebble_migrate.events import Event
+from pebble_migrate.plan import Plan
+from pebble_migrate.state import State
+from pebble_migrate.units import format_age, format_bytes, format_time, parse_age, utc_now
+
+
+@cli.group()
+@global_options
+def backup() -> None:
+    """Take, list, verify, restore and clean up backups (RocksDB checkpoints)."""
+
+
+@backup.command("create")
+@global_options
+@click.argument("description", required=False, default="manual backup")
+@click.option("--compress", is_flag=True, help="Write one portable .tar.gz archive instead.")
+def create_cmd(description: str, compress: bool) -> None:
+    """Back up the database now (it must not be open in another process)."""
+    s = settings()
+    info = backups.create_backup(
+        s.database_path(), backup_dir=s.backups(), description=description, compress=compress
+    )
+    out = renderer(s)
+    if out.json:
+        out.emit({"backup": info.summary()})
+    else:
+        out.say(f"Backup {info.id} ({format_bytes(info.size_bytes)}) at {escape(str(info.path))}")
+
+
+@backup.command("list")
+@global_options
+def list_cmd() -> None:
+    """List the backups, oldest first."""
+    s = settings()
+    found = backups.list_backups(s.database_path(), backup_dir=s.backups())
+    out = renderer(s)
+    if out.json:
+        out.emit({"backups": [b.summary() for b in found]})
+        return
+    if not found:
+        where = backups.backup_dir_for(s.database_path(), s.backups())
+        out.say(f"No backups in {escape(str(where))}.")
+        return
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("id", "created", "age", "version", "size", "description"):
+        table.add_column(column)
+    now = utc_now()
+    for b in found:
+        table.add_row(
+            b.id + (" (archive)" if b.archive else ""),
+            format_time(b.created_at),
+            format_age(now - b.created_at),
+            str(b.version),
+            format_bytes(b.size_bytes),
+            escape(b.description),
+        )
+    out.out.print(table)
+
+
+@backup.command("verify")
+@global_options
+@click.argument("source", metavar="PATH_OR_ID")
+def verify_cmd(source: str) -> None:
+    """Check that a backup's files match their recorded sizes and checksums."""
+    s = settings()
+    db_path = s.database or s.project.database or "."
+    info = restoring.resolve(source, db_path, s.backups())
+    if info.archive:
+        raise UsageError("verify reads backup directories; an archive is verified on restore.")
+    backups.verify_backup(info)
+    out = renderer(s)
+    if out.json:
+        out.emit({"verified": info.summary()})
+    else:
+        out.say(f"Backup {info.id}: {len(info.files)} files match their checksums.")
+
+
+@backup.command("restore")
+@global_options
+@click.argument("source", metavar="PATH_OR_ID")
+@click.argument("target", required=False)
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--other-database", is_flag=True, help="Allow a backup taken of a different database."
+)
+@click.option(
+    "--discard-current",
+    is_flag=True,
+    help="Delete the replaced database instead of keeping <db>.pre-restore-<time>.",
+)
+def restore_cmd(
+    source: str, target: str | None, force: bool, other_database: bool, discard_current: bool
+) -> None:
+    """Replace the database with a backup, atomically (TARGET or -d names the database)."""
+    s = settings()
+    dest = _target(s, target)
+    out = renderer(s)
+    if s.dry_run:
+        info = restoring.resolve(source, dest, s.backups())
+        out.say(f"Would restore backup {info.id} (version {info.version}) into {escape(dest)}.")
+        return
+    result = restoring.restore_backup(
+        source,
+        dest,
+        backup_dir=s.backups(),
+        other_database=other_database,
+        discard_current=discard_current,
+        confirm=confirmer(force, destructive=True, flag="--force"),
+    )
+    if out.json:
+        out.emit(
+            {
+                "restored": result.backup.summary(),
+                "target": str(result.target),
+                "kept_as": None if result.kept_as is None else str(result.kept_as),
+            }
+        )
+        return
+    out.say(
+        f"Restored backup {result.backup.id} into {escape(str(result.target))} "
+        f"(version {result.state.current_version}, {result.state.status.value})."
+    )
+    if result.kept_as is not None:
+        out.say(f"The replaced database is kept at {escape(str(result.kept_as))}.")
+
+
+def _target(s: Settings, target: str | None) -> str:
+    flag = s.database
+    if target and flag and target.rstrip("/") != flag.rstrip("/"):
+        raise UsageError(
+            f"two targets given: {target} and --database {flag}.",
+            hint="Give the database once, as TARGET or with -d.",
+        )
+    return target or s.database_path()
+
+
+@backup.command("cleanup")
+@global_options
+@click.option("--older-than", metavar="AGE", help="Remove backups older than AGE (30d, 24h, 2w).")
+@click.option("--keep", type=click.IntRange(min=1), help="Keep the newest N backups.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Also remove the newest backup and the one before the last migration.",
+)
+def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
+    """Remove old backups (no questions asked: meant for cron). --dry-run lists them."""
+    s = settings()
+    if older_than is None and keep is None:
+        raise UsageError("say what to remove: --older-than AGE, --keep N, or both.")
+    try:
+        age = parse_age(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}.") from None
+    result = backups.cleanup_backups(
+        s.database_path(),
+        backup_dir=s.backups(),
+        older_than=age,
+        keep=keep,
+        force=force,
+        dry_run=s.dry_run,
+    )
+    out = renderer(s)
+    if out.json:
+        out.emit(
+            {
+                "removed": [b.summary() for b in result.removed],
+                "protected": [b.summary() for b in result.protected],
+                "dry_run": s.dry_run,
+            }
+        )
+        return
+    verb = "would remove" if s.dry_run else "removed"
+    for b in result.removed:
+        out.say(f"{verb} {b.id}  {escape(b.description)}")
+    for b in result.protected:
+        out.say(f"kept {b.id} (newest, or undoes the last migration; --force removes it)")
+    out.say(f"{len(result.removed)} {verb}, {len(result.kept) + len(result.protected)} kept.")
+
+
+def take_automatic_backup(
+    s: Settings, out: Renderer, db: rocksdict.Rdict, state: State, plan: Plan
+) -> None:
+    """Take the backup that precedes the first write of up/down/rerun; apply retention."""
+    db_path = s.database_path()
+    info = backups.create_backup_of_open(
+        db,
+        db_path,
+        backup_dir=s.backups(),
+        description=backups.describe_trigger(plan),
+        trigger=plan.ids[0],
+    )
+    out.event(
+        Event(
+            "backup",
+            f"backup {info.id} taken at {info.path}",
+            None,
+            {"id": info.id, "path": str(info.path)},
+        )
+    )
+    retention = _retention(s)
+    if retention is not None:
+        keep, age = retention
+        removed = backups.apply_retention(
+            db_path,
+            backup_dir=s.backups(),
+            keep=keep,
+            older_than=age,
+            last_migration_at=state.last_migration_at,
+        )
+        for b in removed:
+            out.event(Event("backup", f"retention removed backup {b.id}", None, {"id": b.id}))
+
+
+def _retention(s: Settings) -> tuple[int | None, Any] | None:
+    keep, older = s.project.backup_keep, s.project.backup_older_than
+    if keep is None and older is None:
+        return None
+    try:
+        return keep, parse_age(older) if older else None
+    except ValueError as exc:
+        raise UsageError(f"[tool.pebble-migrate] backup-older-than: {exc}.") from None

@@ -1,0 +1,71 @@
+"""Read-only commands: status, history, validate. They never create or change a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pebble_migrate import commands
+from pebble_migrate.cli import cli
+from pebble_migrate.cli.options import Settings, global_options, settings
+from pebble_migrate.cli.render import Renderer
+from pebble_migrate.errors import ValidationFailed
+from pebble_migrate.registry import Registry
+
+
+def renderer(s: Settings) -> Renderer:
+    """Return the renderer for the current options."""
+    return Renderer(json_mode=s.json, verbose=s.verbose)
+
+
+def _registry_if_present(s: Settings) -> Registry | None:
+    if s.migrations is None and not Path(s.migrations_dir()).is_dir():
+        return None
+    return s.registry()
+
+
+@cli.command()
+@global_options
+@click.option(
+    "--check", is_flag=True, help="Exit 4 if not clean, else 3 if migrations are pending."
+)
+@click.option(
+    "--history",
+    "history_n",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many recent history records to show.",
+)
+def status(check: bool, history_n: int) -> None:
+    """Show the version, status, pending migrations and recent history."""
+    s = settings()
+    registry = _registry_if_present(s)
+    report = commands.status(s.database_path(), registry, history=history_n)
+    out = renderer(s)
+    out.status(report)
+    if registry is None and not s.json:
+        out.note(f"(no migrations directory at {s.migrations_dir()}; pending migrations unknown)")
+    if check and report.check_code:
+        click.get_current_context().exit(report.check_code)
+
+
+@cli.command()
+@global_options
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N.")
+def history(limit: int | None) -> None:
+    """Show the history of applies, rollbacks, reruns and repairs, oldest first."""
+    s = settings()
+    renderer(s).history(commands.history(s.database_path(), limit=limit))
+
+
+@cli.command()
+@global_options
+def validate() -> None:
+    """Check the migrations, the recorded state, and each applied migration's data."""
+    s = settings()
+    report = commands.validate(s.database_path(), s.registry())
+    renderer(s).validation(report)
+    if report.problems:
+        raise ValidationFailed(report.problems)

@@ -1,0 +1,41 @@
+"""Commands that fix the recorded state or add files: force-clean, repair, create."""
+
+from __future__ import annotations
+
+import click
+
+from pebble_migrate import commands
+from pebble_migrate.cli import cli
+from pebble_migrate.cli.inspect import renderer
+from pebble_migrate.cli.options import confirmer, global_options, settings, yes_option
+
+
+@cli.command("force-clean")
+@global_options
+@yes_option
+def force_clean(yes: bool) -> None:
+    """Set the status to clean without marking the interrupted migration applied."""
+    s = settings()
+    before, after = commands.force_clean(
+        s.database_path(), confirm=confirmer(yes, destructive=True)
+    )
+    renderer(s).state_change(before, after)
+
+
+@cli.command()
+@global_options
+@yes_option
+def repair(yes: bool) -> None:
+    """Add missing history records for applied migrations; fix a wrong version."""
+    s = settings()
+    report = commands.repair(s.database_path(), confirm=confirmer(yes, destructive=True))
+    renderer(s).repair(report)
+
+
+@cli.command()
+@global_options
+@click.argument("name")
+def create(name: str) -> None:
+    """Write a new migration file NAME with a fresh timestamp into the migrations directory."""
+    s = settings()
+    renderer(s).created(commands.create(s.migrations_dir(), name))

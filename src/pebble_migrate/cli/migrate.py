@@ -1,0 +1,147 @@
+"""Commands that change data: up, down, rerun."""
+
+from __future__ import annotations
+
+import click
+import rocksdict
+
+from pebble_migrate import commands
+from pebble_migrate.cli import cli
+from pebble_migrate.cli.inspect import renderer
+from pebble_migrate.cli.options import Settings, confirmer, global_options, settings, yes_option
+from pebble_migrate.cli.render import Renderer
+from pebble_migrate.context import ChunkPolicy
+from pebble_migrate.plan import Plan
+from pebble_migrate.state import State
+
+
+def _run_options(
+    s: Settings,
+    out: Renderer,
+    yes: bool,
+    *,
+    destructive: bool,
+    backup: bool,
+    policy: ChunkPolicy | None = None,
+) -> commands.RunOptions:
+    confirm = confirmer(yes, destructive=destructive)
+
+    def ask(question: str) -> bool:
+        return confirm(question)
+
+    return commands.RunOptions(
+        confirm=ask,
+        reporter=out.event,
+        policy=policy or ChunkPolicy(),
+        before_write=_backup_hook(s, out) if backup else None,
+    )
+
+
+def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
+    from pebble_migrate.cli.backup import take_automatic_backup
+
+    def hook(db: rocksdict.Rdict, state: State, plan: Plan) -> None:
+        take_automatic_backup(s, out, db, state, plan)
+
+    return hook
+
+
+def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool) -> None:
+    if dry_run or outcome.report is None:
+        out.plan(outcome.plan, dry_run=dry_run)
+        if dry_run and backup and outcome.plan.steps and not out.json:
+            out.say("A backup would be taken first (--no-backup skips it).")
+    out.outcome(outcome)
+
+
+@cli.command()
+@global_options
+@click.argument("version", required=False)
+@yes_option
+@click.option("--create", is_flag=True, help="Create the database if the path does not exist.")
+@click.option(
+    "--from-start",
+    is_flag=True,
+    help="Discard committed progress of an interrupted migration and start it over.",
+)
+@click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
+@click.option(
+    "--chunk-records",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Commit a scan every N records...",
+)
+@click.option(
+    "--chunk-bytes",
+    type=click.IntRange(min=1024),
+    default=4 * 1024 * 1024,
+    show_default=True,
+    help="...or every N bytes of writes, whichever comes first.",
+)
+def up(
+    version: str | None,
+    yes: bool,
+    create: bool,
+    from_start: bool,
+    no_backup: bool,
+    chunk_records: int,
+    chunk_bytes: int,
+) -> None:
+    """Apply pending migrations, up to VERSION (a version or id) when given.
+
+    On a terminal it shows the plan and asks; without one it just runs (scripts need no
+    --yes). An interrupted migration that can resume continues where it stopped.
+    """
+    s = settings()
+    out = renderer(s)
+    opts = _run_options(
+        s,
+        out,
+        yes,
+        destructive=from_start,
+        backup=not no_backup,
+        policy=ChunkPolicy(chunk_records, chunk_bytes),
+    )
+    outcome = commands.up(
+        s.database_path(),
+        s.registry(),
+        target=version,
+        dry_run=s.dry_run,
+        create=create,
+        from_start=from_start,
+        options=opts,
+    )
+    _show(out, outcome, s.dry_run, not no_backup)
+
+
+@cli.command()
+@global_options
+@click.argument("version")
+@yes_option
+@click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
+def down(version: str, yes: bool, no_backup: bool) -> None:
+    """Roll back every applied migration above VERSION (which stays applied); 0 = all."""
+    s = settings()
+    out = renderer(s)
+    opts = _run_options(s, out, yes, destructive=True, backup=not no_backup)
+    outcome = commands.down(
+        s.database_path(), s.registry(), version, dry_run=s.dry_run, options=opts
+    )
+    _show(out, outcome, s.dry_run, not no_backup)
+
+
+@cli.command()
+@global_options
+@click.argument("migration_id", metavar="ID")
+@yes_option
+@click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
+def rerun(migration_id: str, yes: bool, no_backup: bool) -> None:
+    """Roll back migration ID and apply it again."""
+    s = settings()
+    out = renderer(s)
+    opts = _run_options(s, out, yes, destructive=True, backup=not no_backup)
+    outcome = commands.rerun(
+        s.database_path(), s.registry(), migration_id, dry_run=s.dry_run, options=opts
+    )
+    _show(out, outcome, s.dry_run, not no_backup)

@@ -1,0 +1,179 @@
+"""Global options, accepted before or after the command name, and how they are resolved."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pebble_migrate.config import ProjectConfig, load_project_config
+from pebble_migrate.errors import ConfirmationRequired, UsageError
+from pebble_migrate.registry import Registry, load_migrations
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENV_DATABASE = "PEBBLE_MIGRATE_DATABASE"
+ENV_MIGRATIONS = "PEBBLE_MIGRATE_MIGRATIONS"
+ENV_BACKUP_DIR = "PEBBLE_MIGRATE_BACKUP_DIR"
+
+
+@dataclass
+class Settings:
+    """What the global options and the environment say, merged over pyproject.toml."""
+
+    database: str | None = None
+    migrations: str | None = None
+    backup_dir: str | None = None
+    verbose: bool = False
+    dry_run: bool = False
+    json: bool = False
+    _project: ProjectConfig | None = field(default=None, repr=False)
+
+    @property
+    def project(self) -> ProjectConfig:
+        """The `[tool.pebble-migrate]` settings (read once)."""
+        if self._project is None:
+            self._project = load_project_config()
+        return self._project
+
+    def database_path(self) -> str:
+        """Return the database path, or raise a UsageError saying how to give one."""
+        path = self.database or os.environ.get(ENV_DATABASE) or self.project.database
+        if not path:
+            raise UsageError(
+                "no database given.",
+                hint=f"Pass -d/--database PATH, set {ENV_DATABASE}, or set `database` "
+                "under [tool.pebble-migrate] in pyproject.toml.",
+            )
+        return path
+
+    def migrations_dir(self) -> str:
+        """Return the migrations directory (default ./migrations)."""
+        return (
+            self.migrations
+            or os.environ.get(ENV_MIGRATIONS)
+            or self.project.migrations
+            or "migrations"
+        )
+
+    def registry(self) -> Registry:
+        """Load and check the migrations."""
+        registry = load_migrations(Path(self.migrations_dir()))
+        registry.check()
+        return registry
+
+    def backups(self) -> str | None:
+        """Return the configured backup directory, or None for the default beside the db."""
+        return self.backup_dir or os.environ.get(ENV_BACKUP_DIR) or self.project.backup_dir
+
+
+def settings() -> Settings:
+    """Return the Settings of the running command."""
+    ctx = click.get_current_context()
+    obj = ctx.find_object(Settings)
+    if obj is None:
+        obj = ctx.ensure_object(Settings)
+    return obj
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return
+        obj = ctx.find_object(Settings) or ctx.ensure_object(Settings)
+        setattr(obj, name, value)
+
+    return callback
+
+
+def global_options(fn: F) -> F:
+    """Add -d, -m, -v, -n and --json to a group or command."""
+    decorators = [
+        click.option(
+            "-d",
+            "--database",
+            metavar="PATH",
+            expose_value=False,
+            callback=_store("database"),
+            help=f"RocksDB directory (or ${ENV_DATABASE}).",
+        ),
+        click.option(
+            "-m",
+            "--migrations",
+            metavar="DIR",
+            expose_value=False,
+            callback=_store("migrations"),
+            help=f"Migrations directory (or ${ENV_MIGRATIONS}; default ./migrations).",
+        ),
+        click.option(
+            "--backup-dir",
+            metavar="DIR",
+            expose_value=False,
+            callback=_store("backup_dir"),
+            help=f"Backup directory (or ${ENV_BACKUP_DIR}; default <database>.backups).",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store("verbose"),
+            help="More detail; tracebacks on errors.",
+        ),
+        click.option(
+            "-n",
+            "--dry-run",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store("dry_run"),
+            help="Show what would happen; change nothing.",
+        ),
+        click.option(
+            "--json",
+            "json_",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store("json"),
+            help="Machine-readable output on stdout.",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    return fn
+
+
+def yes_option(fn: F) -> F:
+    """Add -y/--yes to a destructive command."""
+    return click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
+def is_terminal() -> bool:
+    """Return whether there is a person at a terminal to answer questions."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirmer(yes: bool, *, destructive: bool, flag: str = "--yes") -> Callable[[str], bool]:
+    """Return the confirmation function a command hands to the library.
+
+    With `yes`, every question is answered yes. Otherwise, on a terminal, the question is
+    asked. Without a terminal, destructive commands refuse; `up` goes ahead.
+    """
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not is_terminal():
+            if destructive:
+                raise ConfirmationRequired(question.rstrip("?"), flag)
+            return True
+        return click.confirm(question, default=False, err=True)
+
+    return confirm

@@ -1,0 +1,414 @@
+"""The only place that prints: rich text for people, JSON lines for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from pebble_migrate.commands import Outcome, RepairReport, StatusReport, ValidationReport
+from pebble_migrate.errors import MigrateError, MigrationFailed
+from pebble_migrate.events import Event
+from pebble_migrate.plan import Plan
+from pebble_migrate.state import HistoryRecord, State, Status
+from pebble_migrate.units import format_duration, format_time, version_time
+
+LOG_EVERY_S = 5.0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset | set):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    return value
+
+
+class Renderer:
+    """Turns library results and events into terminal output or JSON on stdout."""
+
+    def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
+        self.json = json_mode
+        self.verbose = verbose
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._last_log: dict[str, float] = {}
+        self._started: dict[str, tuple[float, int]] = {}
+
+    # --- plumbing --------------------------------------------------------------
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        """Write one JSON object as a line on stdout."""
+        sys.stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        """Tell the operator something: stdout for people, stderr in JSON mode."""
+        (self.err if self.json else self.out).print(text)
+
+    def note(self, text: str) -> None:
+        """Print a side remark to stderr."""
+        self.err.print(text)
+
+    def error(self, exc: MigrateError) -> None:
+        """Print `Error: ...` (and a JSON error object in JSON mode)."""
+        self.stop_progress()
+        if self.verbose:
+            details = getattr(exc, "details", "") if isinstance(exc, MigrationFailed) else ""
+            self.err.print(escape(details or "".join(traceback.format_exception(exc))))
+        self.err.print(f"[bold red]Error:[/] {escape(exc.message)}")
+        if exc.hint:
+            self.err.print(escape(exc.hint))
+        if self.json:
+            self.emit(
+                {
+                    "error": {
+                        "type": type(exc).__name__,
+                        "message": exc.message,
+                        "hint": exc.hint,
+                        "exit_code": exc.exit_code,
+                    }
+                }
+            )
+
+    # --- events while running ----------------------------------------------------
+
+    def event(self, event: Event) -> None:
+        """Show an event from a running migration."""
+        if self.json:
+            self.emit(
+                {
+                    "event": event.kind,
+                    "message": event.message,
+                    "migration": event.migration_id,
+                    **event.data,
+                }
+            )
+            return
+        if event.kind == "progress":
+            self._show_progress(event)
+            return
+        if event.kind == "step_done":
+            self._finish_task(event.migration_id or "")
+        style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
+        text = escape(event.message)
+        self._console().print(f"[{style}]{text}[/]" if style else text)
+
+    def _console(self) -> Console:
+        return self._progress.console if self._progress is not None else self.err
+
+    def _show_progress(self, event: Event) -> None:
+        key = f"{event.migration_id}/{event.data.get('scan', '')}"
+        done, total = event.data.get("done", 0), event.data.get("total")
+        if not self.err.is_terminal:
+            now = time.monotonic()
+            if now - self._last_log.get(key, 0.0) >= LOG_EVERY_S:
+                self._last_log[key] = now
+                self.err.print(escape(f"{event.message} keys"))
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.err,
+                transient=False,
+            )
+            self._progress.start()
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(
+                escape(key.rstrip("/")), total=total, rate=""
+            )
+            self._started[key] = (time.monotonic(), done)
+        began, first = self._started[key]
+        elapsed = time.monotonic() - began
+        rate = f"{(done - first) / elapsed:,.0f} keys/s" if elapsed > 0.5 else ""
+        self._progress.update(self._tasks[key], completed=done, total=total, rate=rate)
+
+    def _finish_task(self, migration_id: str) -> None:
+        for key in [k for k in self._tasks if k.startswith(migration_id + "/")]:
+            del self._tasks[key]
+        if not self._tasks:
+            self.stop_progress()
+
+    def stop_progress(self) -> None:
+        """Stop the live progress display, if any."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._tasks.clear()
+
+    # --- results ---------------------------------------------------------------
+
+    def status(self, report: StatusReport) -> None:
+        """Show `status`."""
+        state = report.state
+        if self.json:
+            self.emit(self._status_json(report))
+            return
+        table = Table.grid(padding=(0, 2))
+        table.add_row("Database", escape(report.database))
+        table.add_row("Version", _version(state.current_version))
+        table.add_row("Status", _status(state.status))
+        if not state.initialized:
+            what = (
+                "empty: `up` will stamp it at the latest version"
+                if report.fresh_empty
+                else "has data: `up` will run every migration"
+            )
+            table.add_row("State", f"not initialized ({what})")
+        last = state.last_migration or "-"
+        table.add_row("Last migration", f"{escape(last)} at {format_time(state.last_migration_at)}")
+        known = len(report.migrations)
+        table.add_row(
+            "Migrations",
+            f"{len(state.applied)} applied, {len(report.pending)} pending, {known} known",
+        )
+        if state.in_progress is not None:
+            progress = state.in_progress
+            where = f", {report.interrupted.describe()}" if report.interrupted else ""
+            resumable = "resumable" if progress.resumable else "not resumable (wrote outside ctx)"
+            table.add_row(
+                "In progress", escape(f"{progress.id} ({progress.kind}, {resumable}{where})")
+            )
+        if state.last_error:
+            table.add_row("Last error", f"[red]{escape(state.last_error)}[/]")
+        if self.verbose:
+            table.add_row("Database id", state.database_id or "-")
+            for record in report.partial:
+                table.add_row(
+                    "Partly applied", escape(f"{record.migration_id} {record.describe()}")
+                )
+        self.out.print(table)
+        if report.missing:
+            self.out.print(
+                f"[yellow]Applied but missing from the code:[/] {', '.join(report.missing)}"
+            )
+        if report.pending:
+            self.out.print("\n[bold]Pending[/]")
+            for m in report.pending:
+                self.out.print(f"  {escape(m.id)}  {escape(m.description)}")
+        if report.history:
+            self.out.print("\n[bold]Recent history[/]")
+            self.out.print(_history_table(report.history))
+
+    def _status_json(self, report: StatusReport) -> dict[str, Any]:
+        state = report.state
+        return {
+            "database": report.database,
+            "initialized": state.initialized,
+            "status": state.status,
+            "current_version": state.current_version,
+            "current_version_time": version_time(state.current_version),
+            "applied": sorted(state.applied),
+            "last_migration": state.last_migration,
+            "last_migration_at": state.last_migration_at,
+            "in_progress": state.in_progress,
+            "last_error": state.last_error,
+            "database_id": state.database_id,
+            "pending": [m.id for m in report.pending],
+            "missing_code": report.missing,
+            "counts": {
+                "applied": len(state.applied),
+                "pending": len(report.pending),
+                "known": len(report.migrations),
+            },
+            "history": report.history,
+            "resume": report.interrupted.describe() if report.interrupted else None,
+            "partial": {r.migration_id: r.describe() for r in report.partial},
+        }
+
+    def plan(self, plan: Plan, *, dry_run: bool) -> None:
+        """Show the steps of a plan (the whole output of a dry run)."""
+        if self.json:
+            self.emit(
+                {
+                    "plan": {
+                        "command": plan.command,
+                        "dry_run": dry_run,
+                        "from_version": plan.from_version,
+                        "to_version": plan.to_version,
+                        "steps": [
+                            {
+                                "action": s.action,
+                                "id": s.id,
+                                "kind": s.kind,
+                                "description": s.migration.description,
+                            }
+                            for s in plan.steps
+                        ],
+                    }
+                }
+            )
+            return
+        if not plan.steps:
+            self.say(
+                "Nothing to do: the database is up to date."
+                if plan.command == "up"
+                else "Nothing to roll back."
+            )
+            return
+        head = "Would run" if dry_run else "Plan"
+        self.say(
+            f"[bold]{head}[/] ({plan.command}, version {plan.from_version} -> {plan.to_version}):"
+        )
+        for n, step in enumerate(plan.steps, 1):
+            verb = "apply   " if step.action == "apply" else "rollback"
+            self.say(f"  {n}. {verb} {escape(step.id)}  {escape(step.migration.description)}")
+        if dry_run:
+            self.say("Dry run: nothing was changed.")
+
+    def outcome(self, outcome: Outcome) -> None:
+        """Show the end of an up/down/rerun."""
+        self.stop_progress()
+        report = outcome.report
+        if report is None:
+            return
+        if self.json:
+            self.emit(
+                {
+                    "result": {
+                        "command": outcome.plan.command,
+                        "from_version": report.from_version,
+                        "to_version": report.to_version,
+                        "steps": report.steps,
+                    }
+                }
+            )
+            return
+        self.say(
+            f"[green]Done:[/] {len(report.steps)} step(s); version "
+            f"{report.from_version} -> {_version(report.to_version)}."
+        )
+
+    def history(self, records: Sequence[HistoryRecord]) -> None:
+        """Show `history`."""
+        if self.json:
+            self.emit({"history": list(records)})
+            return
+        if not records:
+            self.say("No history recorded.")
+            return
+        self.out.print(_history_table(records, errors=True))
+
+    def validation(self, report: ValidationReport) -> None:
+        """Show `validate`."""
+        if self.json:
+            self.emit({"valid": not report.problems, "checks": report.checks})
+            return
+        for check in report.checks:
+            if check.ok and not self.verbose:
+                continue
+            mark = "[green]ok  [/]" if check.ok else "[red]FAIL[/]"
+            self.out.print(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+        if not report.problems:
+            self.out.print(f"[green]Valid:[/] {len(report.checks)} checks passed.")
+
+    def state_change(self, before: State, after: State) -> None:
+        """Show the result of force-clean."""
+        if self.json:
+            self.emit(
+                {"before": before.status, "after": after.status, "changed": before is not after}
+            )
+            return
+        if before is after:
+            self.say(f"Nothing to do: status is {before.status.value}.")
+        else:
+            self.say(
+                f"Status {before.status.value} -> {after.status.value}. Nothing was marked "
+                "applied; run `up` to apply it again (committed progress is kept)."
+            )
+
+    def repair(self, report: RepairReport) -> None:
+        """Show the result of repair."""
+        if self.json:
+            self.emit(
+                {"added_history": report.added_history, "version_fixed": report.version_fixed}
+            )
+            return
+        if not report.added_history and report.version_fixed is None:
+            self.say("Nothing to repair.")
+            return
+        for mid in report.added_history:
+            self.say(f"added history for {escape(mid)}")
+        if report.version_fixed:
+            self.say(f"version {report.version_fixed[0]} -> {report.version_fixed[1]}")
+
+    def created(self, path: Path) -> None:
+        """Show the file `create` wrote."""
+        if self.json:
+            self.emit({"created": str(path)})
+        else:
+            self.say(f"Created {escape(str(path))}")
+
+    def records(self, key: str, rows: Iterable[Any]) -> None:
+        """Emit a list of records under `key` (JSON mode)."""
+        self.emit({key: list(rows)})
+
+
+def _version(version: int) -> str:
+    return f"{version} ({version_time(version)})" if version else "0 (nothing applied)"
+
+
+def _status(status: Status) -> str:
+    color = {"clean": "green", "migrating": "yellow", "rollback": "yellow"}.get(status.value, "red")
+    return f"[{color}]{status.value}[/]"
+
+
+def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Table:
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("#", "started", "id", "kind", "result", "took"):
+        table.add_column(column)
+    if errors:
+        table.add_column("detail")
+    for r in records:
+        result = (
+            "[green]ok[/]"
+            if r.success
+            else ("[yellow]stopped[/]" if r.note and not r.error else "[red]failed[/]")
+        )
+        row = [
+            str(r.seq),
+            format_time(r.started_at),
+            escape(r.id),
+            r.kind,
+            result,
+            format_duration(r.duration_s),
+        ]
+        if errors:
+            row.append(escape(r.error or r.note or ""))
+        table.add_row(*row)
+    return table

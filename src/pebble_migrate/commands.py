@@ -1,0 +1,555 @@
+"""One function per CLI verb, usable from Python: open the database, act, return a record."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import rocksdict
+
+from pebble_migrate import plan as planner
+from pebble_migrate import store, views
+from pebble_migrate.context import ChunkPolicy, MigrationContext
+from pebble_migrate.cursor import RunRecord, record_key
+from pebble_migrate.errors import MigrateError, UsageError
+from pebble_migrate.events import Event, Reporter, null_reporter
+from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
+from pebble_migrate.migration import Migration, is_valid_name
+from pebble_migrate.registry import Registry
+from pebble_migrate.state import HistoryRecord, State, StateStore, Status
+from pebble_migrate.units import utc_now
+
+Confirm = Callable[[str], bool]
+BeforeWrite = Callable[[rocksdict.Rdict, State, planner.Plan], None]
+
+
+def _always(question: str) -> bool:
+    return True
+
+
+class Aborted(MigrateError):
+    """Raised when the operator answered no at a confirmation prompt."""
+
+    def __init__(self) -> None:
+        super().__init__("aborted; nothing was changed.")
+
+
+@contextlib.contextmanager
+def opened(
+    db_path: str | Path, *, read_only: bool, create: bool = False
+) -> Iterator[tuple[rocksdict.Rdict, StateStore]]:
+    """Open the database and its state store; release and close both on exit."""
+    db = store.open_database(db_path, read_only=read_only, create=create)
+    states = StateStore(db, str(db_path))
+    try:
+        yield db, states
+    finally:
+        states.release()
+        del states
+        db.close()
+
+
+# --- status -------------------------------------------------------------------------
+
+
+@dataclass
+class StatusReport:
+    """Everything `status` shows."""
+
+    database: str
+    state: State
+    migrations: list[Migration]
+    pending: list[Migration]
+    missing: list[str]
+    history: list[HistoryRecord]
+    interrupted: RunRecord | None = None
+    partial: list[RunRecord] = field(default_factory=list)
+    fresh_empty: bool = False
+
+    @property
+    def check_code(self) -> int:
+        """The exit code of `status --check`: 4 not clean, 3 pending, 0 up to date."""
+        from pebble_migrate.errors import EXIT_NOT_CLEAN, EXIT_PENDING
+
+        if self.state.status is not Status.CLEAN:
+            return EXIT_NOT_CLEAN
+        if self.pending and not self.fresh_empty:
+            return EXIT_PENDING
+        return 0
+
+
+def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) -> StatusReport:
+    """Return the state, pending migrations and recent history (read-only)."""
+    migrations = registry.ordered() if registry is not None else []
+    with opened(db_path, read_only=True) as (db, states):
+        state = states.read()
+        records = run_records(states)
+        fresh_empty = not state.initialized and store.is_empty(db, str(db_path))
+        recent = states.history(limit=history) if history else []
+    pending = [] if fresh_empty else planner.pending(migrations, state.applied)
+    known = {m.id for m in migrations}
+    progress = state.in_progress
+    interrupted = None
+    if progress is not None:
+        action = "rollback" if progress.kind == "rollback" else "apply"
+        interrupted = records.get((progress.id, action))
+    partial = [
+        r for (mid, action), r in records.items() if action == "apply" and r is not interrupted
+    ]
+    return StatusReport(
+        database=str(db_path),
+        state=state,
+        migrations=migrations,
+        pending=pending,
+        missing=sorted(mid for mid in state.applied if mid not in known) if registry else [],
+        history=recent,
+        interrupted=interrupted,
+        partial=[r for r in partial if r.migration_id not in state.applied],
+        fresh_empty=fresh_empty,
+    )
+
+
+def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRecord]:
+    """Return the history records, oldest first (read-only)."""
+    with opened(db_path, read_only=True) as (_, states):
+        return states.history(limit=limit)
+
+
+# --- up / down / rerun --------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    """How up/down/rerun run: confirmation, reporting, chunking, signals."""
+
+    confirm: Confirm = _always
+    reporter: Reporter = null_reporter
+    policy: ChunkPolicy = field(default_factory=ChunkPolicy)
+    handle_signals: bool = True
+    cli_name: str = "pebble-migrate"
+    before_write: BeforeWrite | None = None
+
+
+@dataclass
+class Outcome:
+    """The result of up/down/rerun: the plan, and the run report unless it was a dry run."""
+
+    plan: planner.Plan
+    report: RunReport | None
+    initialized: bool = False
+
+
+def up(
+    db_path: str | Path,
+    registry: Registry,
+    *,
+    target: str | None = None,
+    dry_run: bool = False,
+    create: bool = False,
+    from_start: bool = False,
+    options: RunOptions | None = None,
+) -> Outcome:
+    """Apply pending migrations (up to `target`, a version or id)."""
+    opts = options or RunOptions()
+    migrations = registry.ordered()
+    version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
+    with opened(db_path, read_only=dry_run, create=create and not dry_run) as (db, states):
+        state = states.read()
+        was_initialized = state.initialized
+        if dry_run:
+            if not state.initialized and store.is_empty(db, str(db_path)):
+                return Outcome(planner.Plan("up", (), 0, registry.latest_version), None, True)
+        else:
+            state = initialize(states, migrations, opts.reporter)
+        require_clean(state, {m.id: m for m in migrations}, "up", opts.cli_name)
+        plan = planner.plan_up(migrations, state.applied, version)
+        _check_interrupted_in_plan(state, plan, opts.cli_name)
+        if dry_run or not plan:
+            return Outcome(plan, None, not was_initialized and not dry_run)
+        records = _progress_of(states, plan) if from_start else []
+        if records:
+            _confirm_discard(records, opts)
+        elif not opts.confirm(f"Apply {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
+            raise Aborted()
+        _backup_first(db, state, plan, opts)
+        _discard(states, records, opts)
+        return Outcome(plan, _execute(db, state, plan, opts), not was_initialized)
+
+
+def down(
+    db_path: str | Path,
+    registry: Registry,
+    target: str,
+    *,
+    dry_run: bool = False,
+    options: RunOptions | None = None,
+) -> Outcome:
+    """Roll back every applied migration above `target` (0 rolls back all)."""
+    opts = options or RunOptions()
+    migrations = registry.ordered()
+    version = planner.resolve_version(migrations, target, allow_zero=True)
+    with opened(db_path, read_only=dry_run) as (db, states):
+        state = _require_initialized(states, opts.cli_name)
+        require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
+        partial = {mid for (mid, action) in run_records(states) if action == "apply"}
+        plan = planner.plan_down(migrations, state.applied | partial, version)
+        if dry_run or not plan:
+            return Outcome(plan, None)
+        if not opts.confirm(f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
+            raise Aborted()
+        _backup_first(db, state, plan, opts)
+        return Outcome(plan, _execute(db, state, plan, opts))
+
+
+def rerun(
+    db_path: str | Path,
+    registry: Registry,
+    migration_id: str,
+    *,
+    dry_run: bool = False,
+    options: RunOptions | None = None,
+) -> Outcome:
+    """Roll a migration back and apply it again."""
+    opts = options or RunOptions()
+    migrations = registry.ordered()
+    with opened(db_path, read_only=dry_run) as (db, states):
+        state = _require_initialized(states, opts.cli_name)
+        require_clean(state, {m.id: m for m in migrations}, "rerun", opts.cli_name)
+        plan = planner.plan_rerun(migrations, state.applied, migration_id)
+        if dry_run:
+            return Outcome(plan, None)
+        if not opts.confirm(f"Roll back and re-apply {plan.steps[-1].id}?"):
+            raise Aborted()
+        _backup_first(db, state, plan, opts)
+        return Outcome(plan, _execute(db, state, plan, opts))
+
+
+def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> None:
+    if opts.before_write is not None:
+        opts.before_write(db, state, plan)
+
+
+def _execute(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> RunReport:
+    executor = Executor(
+        db,
+        reporter=opts.reporter,
+        policy=opts.policy,
+        handle_signals=opts.handle_signals,
+        cli_name=opts.cli_name,
+    )
+    try:
+        return executor.run(plan)
+    finally:
+        executor.release()
+
+
+def _require_initialized(states: StateStore, cli: str) -> State:
+    state = states.read()
+    if not state.initialized:
+        raise UsageError(
+            f"{states.where} has no migration state yet, so nothing has been applied.",
+            hint=f"Run `{cli} up` first.",
+        )
+    return state
+
+
+def _check_interrupted_in_plan(state: State, plan: planner.Plan, cli: str) -> None:
+    progress = state.in_progress
+    if state.status is Status.MIGRATING and progress and progress.id not in plan.ids:
+        raise UsageError(
+            f"{progress.id} was interrupted and must finish before the others.",
+            hint=f"Run `{cli} up` without a version (or up to {progress.id}).",
+        )
+
+
+def _progress_of(states: StateStore, plan: planner.Plan) -> list[RunRecord]:
+    return [r for (mid, _), r in run_records(states).items() if mid in plan.ids]
+
+
+def _confirm_discard(records: list[RunRecord], opts: RunOptions) -> None:
+    names = ", ".join(f"{r.migration_id} ({r.describe()})" for r in records)
+    question = (
+        f"Discard the committed progress of {names} and start over? Writes already committed "
+        "stay in the database; a transform that is not idempotent will be applied to them again."
+    )
+    if not opts.confirm(question):
+        raise Aborted()
+
+
+def _discard(states: StateStore, records: list[RunRecord], opts: RunOptions) -> None:
+    if not records:
+        return
+    batch = states.batch()
+    try:
+        for r in records:
+            states.stage_delete(batch, record_key(r.migration_id, r.action))
+        states.commit(batch)
+    finally:
+        del batch
+    for r in records:
+        views.drop_views(states.where, r.migration_id)
+        opts.reporter(
+            Event("notice", f"discarded the progress of {r.migration_id}", r.migration_id)
+        )
+
+
+# --- maintenance --------------------------------------------------------------------
+
+
+def force_clean(db_path: str | Path, *, confirm: Confirm = _always) -> tuple[State, State]:
+    """Set the status to clean without marking the interrupted migration applied.
+
+    Committed scan progress is kept, so the next `up` continues it. Returns (before, after).
+    """
+    with opened(db_path, read_only=False) as (_, states):
+        before = states.read()
+        if not before.initialized or (before.status is Status.CLEAN and not before.in_progress):
+            return before, before
+        progress = before.in_progress
+        what = f"{before.status.value}" + (f" ({progress.id})" if progress else "")
+        if not confirm(f"Force the status from {what} to clean?"):
+            raise Aborted()
+        record = HistoryRecord(
+            0,
+            progress.id if progress else "-",
+            f"status was {what}",
+            "force-clean",
+            utc_now(),
+            0.0,
+            True,
+            error=before.last_error,
+            note="status forced to clean; migration not marked applied",
+        )
+        after = states.write_state(
+            before.evolve(status=Status.CLEAN, in_progress=None, last_error=None), record
+        )
+        return before, after
+
+
+@dataclass
+class RepairReport:
+    """What `repair` changed."""
+
+    added_history: list[str]
+    version_fixed: tuple[int, int] | None
+
+
+def repair(db_path: str | Path, *, confirm: Confirm = _always) -> RepairReport:
+    """Add missing history for applied ids and correct a version that disagrees with them."""
+    with opened(db_path, read_only=False) as (_, states):
+        state = states.read()
+        if not state.initialized:
+            raise UsageError(f"{db_path} has no migration state to repair.", hint="Run `up` first.")
+        seen = {r.id for r in states.history() if r.success}
+        missing = sorted(mid for mid in state.applied if mid not in seen)
+        version = planner.version_of(state.applied)
+        fix = (state.current_version, version) if version != state.current_version else None
+        if not missing and fix is None:
+            return RepairReport([], None)
+        if not confirm(
+            f"Add history for {len(missing)} applied migration(s)"
+            + (f" and set the version {fix[0]} -> {fix[1]}" if fix else "")
+            + "?"
+        ):
+            raise Aborted()
+        now = utc_now()
+        records = [
+            HistoryRecord(
+                0,
+                mid,
+                "history added by repair",
+                "repair",
+                state.applied_at.get(mid, now),
+                0.0,
+                True,
+                note="applied before history was recorded",
+            )
+            for mid in missing
+        ]
+        if fix:
+            records.append(
+                HistoryRecord(
+                    0,
+                    "-",
+                    f"version {fix[0]} -> {fix[1]}",
+                    "repair",
+                    now,
+                    0.0,
+                    True,
+                    note="version recomputed from applied set",
+                )
+            )
+        states.write_state(state.evolve(current_version=version), *records)
+        return RepairReport(missing, fix)
+
+
+def create(directory: str | Path, name: str, *, now: datetime | None = None) -> Path:
+    """Write a ready-to-edit migration file named `<timestamp>_<name>.py`; return its path."""
+    if not is_valid_name(name):
+        raise UsageError(
+            f"invalid migration name {name!r}: use letters, digits and underscores.",
+            hint="For example: pebble-migrate create add_email_index",
+        )
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = int((now or utc_now()).timestamp())
+    taken = {p.stem.split("_", 1)[0] for p in root.glob("*.py")}
+    while str(stamp) in taken:
+        stamp += 1  # versions must be unique; two files in the same second get consecutive ones
+    path = root / f"{stamp}_{name}.py"
+    path.write_text(_TEMPLATE.format(title=name.replace("_", " ").capitalize()))
+    return path
+
+
+_TEMPLATE = '''"""{title}."""
+
+# Set to True only if up() is safe to run again from the start after an interruption.
+# A migration that writes only through ctx.scan/ctx.put/ctx.delete resumes by itself.
+rerunnable = False
+dependencies: list[str] = []
+
+
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"example:"):
+        ctx.put(key, value)
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"example:"):
+        ctx.put(key, value)
+
+
+def validate(ctx):
+    """Return a list of problems (empty when the data is as up() leaves it)."""
+    return []
+'''
+
+
+# --- validate -----------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One validation check and its outcome."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class ValidationReport:
+    """The checks `validate` ran."""
+
+    checks: list[Check]
+
+    @property
+    def problems(self) -> list[str]:
+        """The failed checks, as `name: detail`."""
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+
+def validate(db_path: str | Path, registry: Registry) -> ValidationReport:
+    """Check the registry, the state's consistency and each applied migration's data."""
+    checks: list[Check] = []
+    migrations = registry.ordered()
+    checks.append(Check("registry", True, f"{len(migrations)} migration(s), order resolved"))
+    with opened(db_path, read_only=True) as (db, states):
+        state = states.read()
+        records = run_records(states)
+        seen = {r.id for r in states.history() if r.success}
+        checks.extend(_state_checks(state, migrations, records, seen))
+        by_id = {m.id: m for m in migrations}
+        for m in (by_id[mid] for mid in _applied_in_order(migrations, state)):
+            checks.append(_run_validate(db, m))
+    return ValidationReport(checks)
+
+
+def _applied_in_order(migrations: list[Migration], state: State) -> list[str]:
+    return [m.id for m in migrations if m.id in state.applied and m.validate is not None]
+
+
+def _state_checks(
+    state: State,
+    migrations: list[Migration],
+    records: dict[tuple[str, str], RunRecord],
+    seen: set[str],
+) -> list[Check]:
+    if not state.initialized:
+        return [Check("state", False, "no migration state recorded yet; run `up`")]
+    checks = [
+        Check(
+            "status",
+            state.status is Status.CLEAN,
+            f"status is {state.status.value}"
+            + (f" ({state.in_progress.id})" if state.in_progress else ""),
+        ),
+    ]
+    expected = planner.version_of(state.applied)
+    checks.append(
+        Check(
+            "version",
+            expected == state.current_version,
+            f"recorded {state.current_version}, applied set says {expected}",
+        )
+    )
+    known = {m.id: m for m in migrations}
+    lost = sorted(mid for mid in state.applied if mid not in known)
+    checks.append(
+        Check(
+            "code",
+            not lost,
+            "applied but missing from the migrations directory: " + ", ".join(lost)
+            if lost
+            else "every applied migration has its code",
+        )
+    )
+    unmet = sorted(
+        f"{mid} needs {dep}"
+        for mid in state.applied
+        if mid in known
+        for dep in known[mid].dependencies
+        if dep not in state.applied
+    )
+    checks.append(Check("dependencies", not unmet, "; ".join(unmet) or "all met"))
+    no_history = sorted(mid for mid in state.applied if mid not in seen)
+    checks.append(
+        Check(
+            "history",
+            not no_history,
+            "no history for " + ", ".join(no_history) + " (run `repair`)"
+            if no_history
+            else "every applied id has history",
+        )
+    )
+    partial = sorted(f"{mid} ({r.describe()})" for (mid, _), r in records.items())
+    checks.append(
+        Check(
+            "progress",
+            not partial,
+            "partly applied: " + ", ".join(partial) if partial else "no partly applied migration",
+        )
+    )
+    return checks
+
+
+def _run_validate(db: rocksdict.Rdict, migration: Migration) -> Check:
+    ctx = MigrationContext(db, migration, run=None)
+    name = f"validate {migration.id}"
+    try:
+        assert migration.validate is not None
+        result = migration.validate(ctx)
+    except MigrateError as exc:
+        return Check(name, False, exc.message)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+    finally:
+        ctx.release()
+    if result is False:
+        return Check(name, False, "validate() returned False")
+    if isinstance(result, list | tuple) and result:
+        return Check(name, False, "; ".join(str(p) for p in result))
+    return Check(name, True, "ok")

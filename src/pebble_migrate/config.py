@@ -1,0 +1,79 @@
+"""Settings from `[tool.pebble-migrate]` in pyproject.toml, found from the working directory up."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pebble_migrate.errors import UsageError
+
+KNOWN_KEYS = {"database", "migrations", "backup-dir", "backup-keep", "backup-older-than"}
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Values read from pyproject.toml; relative paths are resolved against its directory."""
+
+    source: Path | None = None
+    database: str | None = None
+    migrations: str | None = None
+    backup_dir: str | None = None
+    backup_keep: int | None = None
+    backup_older_than: str | None = None
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """Return the nearest pyproject.toml at or above `start`."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_project_config(start: Path | None = None) -> ProjectConfig:
+    """Return the `[tool.pebble-migrate]` table of the nearest pyproject.toml, if any."""
+    path = find_pyproject(start or Path.cwd())
+    if path is None:
+        return ProjectConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    table: Any = data.get("tool", {}).get("pebble-migrate")
+    if table is None:
+        return ProjectConfig()
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [tool.pebble-migrate] must be a table")
+    unknown = sorted(set(table) - KNOWN_KEYS)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown key(s) in [tool.pebble-migrate]: {', '.join(unknown)}",
+            hint=f"Known keys: {', '.join(sorted(KNOWN_KEYS))}.",
+        )
+    base = path.parent
+
+    def where(key: str) -> str | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise UsageError(f"{path}: [tool.pebble-migrate] {key} must be a string")
+        return str(base / value)
+
+    keep = table.get("backup-keep")
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise UsageError(f"{path}: [tool.pebble-migrate] backup-keep must be a positive integer")
+    older = table.get("backup-older-than")
+    if older is not None and not isinstance(older, str):
+        raise UsageError(f'{path}: [tool.pebble-migrate] backup-older-than must be like "30d"')
+    return ProjectConfig(
+        source=path,
+        database=where("database"),
+        migrations=where("migrations"),
+        backup_dir=where("backup-dir"),
+        backup_keep=keep,
+        backup_older_than=older,
+    )

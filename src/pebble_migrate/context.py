@@ -1,0 +1,435 @@
+"""What a migration sees: batched put/delete/get, resumable scans, progress."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import rocksdict
+
+from pebble_migrate import store, views
+from pebble_migrate.cursor import RunRecord, ScanCursor, encode_record, show_key
+from pebble_migrate.errors import MigrateError, UsageError
+from pebble_migrate.events import Event
+
+if TYPE_CHECKING:
+    from pebble_migrate.migration import Migration
+    from pebble_migrate.state import StateStore
+
+_DELETED = object()
+_NONE = object()
+_SCAN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+EXACT_COUNT_LIMIT = 2_000_000
+PROGRESS_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """When a scan commits: after this many records or bytes, whichever comes first."""
+
+    records: int = 10_000
+    bytes: int = 4 * 1024 * 1024
+
+
+class Run(Protocol):
+    """What the executor provides to a context while a migration runs."""
+
+    states: StateStore
+    db_path: str
+    policy: ChunkPolicy
+
+    def interrupted(self) -> int:
+        """Return the first signal received (0 if none)."""
+
+    def stop(self, record: RunRecord, at: str) -> MigrateError:
+        """Return the error that stops this migration after a committed chunk."""
+
+    def report(self, event: Event) -> None:
+        """Pass an event on to the reporter."""
+
+    def direct_write(self) -> None:
+        """Record, durably and before it happens, that the migration wrote past ctx."""
+
+
+class MigrationContext:
+    """Handed to `up`, `down` and `validate`.
+
+    `put`/`delete` go into a batch committed atomically with the state change that records
+    the migration (or, inside `scan`, with the scan's cursor, chunk by chunk); `get` sees
+    those pending writes; `db` is the open rocksdict.Rdict for anything else.
+    """
+
+    def __init__(
+        self,
+        db: rocksdict.Rdict,
+        migration: Migration,
+        *,
+        run: Run | None,
+        record: RunRecord | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.migration = migration
+        self.log = logger or logging.getLogger("pebble_migrate.migration")
+        self._rdict = db
+        self._run = run
+        self.db: Any = TrackedDb(db, self._direct_write)
+        self._record = record or RunRecord(migration.id, "apply")
+        self._skip_loose = self._record.loose if run is not None else 0
+        self._loose = self._record.loose
+        self._batch: rocksdict.WriteBatch | None = None
+        self._pending: dict[Any, Any] = {}
+        self._scanning = 0
+        self._used_names: set[str] = set()
+        self._scans: list[Generator[tuple[Any, Any], None, None]] = []
+        self._direct = False
+        self._last_progress = 0.0
+
+    # --- writes ----------------------------------------------------------------
+
+    def put(self, key: Any, value: Any) -> None:
+        """Stage `key = value`; committed with the next chunk or with the migration."""
+        if self._scanning == 0 and self._skip_replayed():
+            return
+        self._writable().put(key, value)
+        self._pending[key] = value
+
+    def delete(self, key: Any) -> None:
+        """Stage the removal of `key`; committed like `put`."""
+        if self._scanning == 0 and self._skip_replayed():
+            return
+        self._writable().delete(key)
+        self._pending[key] = _DELETED
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """Return the value of `key`, seeing this migration's uncommitted writes."""
+        value = self._pending.get(key, _NONE)
+        if value is _NONE:
+            return self._rdict.get(key, default)
+        return default if value is _DELETED else value
+
+    def _writable(self) -> rocksdict.WriteBatch:
+        if self._run is None:
+            raise UsageError("validate() must not write; it only checks the data.")
+        if self._batch is None:
+            self._batch = self._run.states.batch()
+        if self._scanning == 0:
+            self._loose += 1
+        return self._batch
+
+    def _skip_replayed(self) -> bool:
+        # On resume the code before and between scans runs again; its first `loose` writes
+        # were committed by the earlier run, so they are not staged twice.
+        if self._skip_loose > 0:
+            self._skip_loose -= 1
+            return True
+        return False
+
+    def _direct_write(self) -> None:
+        if self._run is None:
+            raise UsageError("validate() must not write; it only checks the data.")
+        if not self._direct:
+            self._direct = True
+            self._run.direct_write()
+
+    # --- progress --------------------------------------------------------------
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report progress of a migration that does not use `scan`; also a safe stop point."""
+        self._check_stop()
+        now = time.monotonic()
+        if self._run is not None and now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self._emit_progress("", done, total)
+
+    def _emit_progress(self, scan: str, done: int, total: int | None) -> None:
+        assert self._run is not None
+        self._run.report(
+            Event(
+                "progress",
+                f"{self.migration.id}: {done}" + (f" of ~{total}" if total else ""),
+                self.migration.id,
+                {"scan": scan, "done": done, "total": total},
+            )
+        )
+
+    def _check_stop(self) -> None:
+        if self._run is not None and self._run.interrupted():
+            raise self._run.stop(self._record, "before its work was committed")
+
+    # --- scans -----------------------------------------------------------------
+
+    def scan(
+        self,
+        prefix: Any = None,
+        *,
+        start: Any = None,
+        end: Any = None,
+        name: str = "default",
+    ) -> Iterator[tuple[Any, Any]]:
+        """Iterate (key, value) over a prefix or [start, end), resumably.
+
+        The scan reads a frozen view taken when it first started, so it never sees its
+        own writes; `put`/`delete` made in the loop are committed every chunk together with
+        the scan's position, so a killed run resumes after the last committed key and
+        processes each key exactly once. Give several scans in one migration distinct names.
+        """
+        if prefix is not None and (start is not None or end is not None):
+            raise UsageError("ctx.scan() takes either prefix= or start=/end=, not both.")
+        if prefix is not None:
+            start, end = prefix, store.successor(prefix)
+        if not _SCAN_NAME.match(name):
+            raise UsageError(f"scan name {name!r} must be 1-64 letters, digits, '_', '.', '-'.")
+        if name in self._used_names:
+            raise UsageError(
+                f"scan {name!r} was started twice in {self.migration.id}; "
+                "give each scan its own name= so each can resume."
+            )
+        self._used_names.add(name)
+        scan = (
+            self._snapshot_scan(start, end)
+            if self._run is None
+            else self._resumable_scan(name, start, end)
+        )
+        self._scans.append(scan)
+        return scan
+
+    def _snapshot_scan(self, start: Any, end: Any) -> Generator[tuple[Any, Any], None, None]:
+        snapshot = self._rdict.snapshot()
+        try:
+            yield from store.checked_items(snapshot, str(self._rdict.path()), start=start, end=end)
+        finally:
+            del snapshot
+
+    def _resumable_scan(
+        self, name: str, start: Any, end: Any
+    ) -> Generator[tuple[Any, Any], None, None]:
+        run = self._run
+        assert run is not None
+        cursor = self._record.scans.get(name)
+        if cursor is not None and (cursor.start, cursor.end) != (start, end):
+            raise UsageError(
+                f"scan {name!r} of {self.migration.id} covers a different range than when it "
+                "was interrupted.",
+                hint="Run `pebble-migrate up --from-start` to start the migration over.",
+            )
+        if cursor is not None and cursor.done:
+            return
+        fresh = cursor is None
+        if cursor is None:
+            cursor = self._start_scan(name, start, end)
+        else:
+            self._announce_resume(cursor)
+        view = views.open_view(Path(cursor.view), name, self.migration.id)
+        try:
+            if fresh:
+                cursor.total = _estimate(view, start, end)
+            yield from self._walk(cursor, view)
+        finally:
+            view.close()
+            del view
+
+    def _start_scan(self, name: str, start: Any, end: Any) -> ScanCursor:
+        run = self._run
+        assert run is not None
+        path = views.view_path(run.db_path, self.migration.id, self._record.action, name)
+        # Commit what came before so the frozen view includes this migration's own earlier
+        # writes. The cursor joins the run record only once its view exists; a run killed
+        # before the scan's first chunk simply starts this scan again on a fresh view.
+        if self._batch is not None:
+            self._commit()
+        views.create_view(self._rdict, path)
+        cursor = ScanCursor(name=name, start=start, end=end, view=str(path))
+        self._record.scans[name] = cursor
+        return cursor
+
+    def _announce_resume(self, cursor: ScanCursor) -> None:
+        assert self._run is not None
+        where = show_key(cursor.after) if cursor.after is not None else "its start"
+        self._run.report(
+            Event(
+                "resume",
+                f"resuming {self.migration.id} after {where} ({cursor.count} done)",
+                self.migration.id,
+                {"scan": cursor.name, "after": where, "done": cursor.count},
+            )
+        )
+
+    def _walk(self, cursor: ScanCursor, view: rocksdict.Rdict) -> Iterator[tuple[Any, Any]]:
+        run = self._run
+        assert run is not None
+        records, size = run.policy.records, run.policy.bytes
+        skip = cursor.after
+        begin = cursor.start if skip is None else skip
+        prev: Any = _NONE
+        since = 0
+        self._scanning += 1
+        try:
+            for key, value in store.checked_items(view, cursor.view, start=begin, end=cursor.end):
+                if skip is not None:
+                    skip = None
+                    if key == cursor.after:
+                        continue
+                if prev is not _NONE:
+                    cursor.after = prev
+                    cursor.count += 1
+                    since += 1
+                    if run.interrupted():
+                        self._commit()
+                        raise run.stop(self._record, f"at {show_key(prev)}")
+                    if since >= records or (
+                        self._batch is not None and self._batch.size_in_bytes() >= size
+                    ):
+                        self._commit()
+                        since = 0
+                        self._maybe_progress(cursor)
+                prev = key
+                yield key, value
+        except GeneratorExit:
+            # The loop was left early (break): the last key handed out counts as processed;
+            # its writes go with the next commit. After a failure nothing is committed.
+            if prev is not _NONE:
+                cursor.after = prev
+                cursor.count += 1
+            cursor.done = True
+            raise
+        finally:
+            self._scanning -= 1
+        if prev is not _NONE:
+            cursor.after = prev
+            cursor.count += 1
+        cursor.done = True
+        self._commit()
+        self._maybe_progress(cursor, force=True)
+
+    def _maybe_progress(self, cursor: ScanCursor, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self._emit_progress(cursor.name, cursor.count, cursor.total)
+
+    # --- commits ---------------------------------------------------------------
+
+    def _commit(self) -> None:
+        """Write the pending batch and the run record in one synced RocksDB write."""
+        run = self._run
+        assert run is not None
+        batch = self._batch if self._batch is not None else run.states.batch()
+        self._record.loose = self._loose
+        run.states.stage_put(batch, self._record.key, encode_record(self._record))
+        try:
+            run.states.commit(batch, needed=2 * batch.size_in_bytes())
+        finally:
+            del batch
+        self._batch = None
+        self._pending.clear()
+
+    def take_batch(self) -> rocksdict.WriteBatch:
+        """Return the pending writes (for the executor's final commit) and forget them."""
+        batch = self._batch if self._batch is not None else self._run_states().batch()
+        self._batch = None
+        self._pending.clear()
+        return batch
+
+    def _run_states(self) -> StateStore:
+        assert self._run is not None
+        return self._run.states
+
+    @property
+    def record(self) -> RunRecord:
+        """The run record as this context has advanced it."""
+        self._record.loose = self._loose
+        return self._record
+
+    @property
+    def wrote_directly(self) -> bool:
+        """Whether the migration wrote through `ctx.db`."""
+        return self._direct
+
+    def release(self) -> None:
+        """Close open scans and drop every rocksdict object held, so the db can be closed."""
+        for scan in self._scans:
+            scan.close()
+        self._scans.clear()
+        self._batch = None
+        self._pending.clear()
+        self.db = None
+        self._rdict = None  # type: ignore[assignment]
+
+
+def _estimate(db: rocksdict.Rdict, start: Any, end: Any) -> int | None:
+    """Return the number of keys in range: exact when cheap, RocksDB's estimate otherwise."""
+    estimate = db.property_int_value("rocksdb.estimate-num-keys")
+    if estimate is not None and estimate > EXACT_COUNT_LIMIT:
+        return estimate if start is None and end is None else None
+    count = 0
+    keys = db.keys(from_key=start) if start is not None else db.keys()
+    try:
+        for key in keys:
+            if end is not None and not key < end:
+                break
+            count += 1
+    except TypeError:
+        pass  # pickle mode: keys of another type sort after this range
+    finally:
+        del keys
+    return count
+
+
+class TrackedDb:
+    """The open rocksdict.Rdict as `ctx.db`: every method of it, and before the first
+    direct write, a durable note that the migration can no longer be resumed safely."""
+
+    _WRITES = frozenset(
+        {
+            "put",
+            "delete",
+            "write",
+            "delete_range",
+            "put_entity",
+            "ingest_external_file",
+            "create_column_family",
+            "drop_column_family",
+        }
+    )
+
+    def __init__(self, rdict: rocksdict.Rdict, on_write: Callable[[], None]) -> None:
+        object.__setattr__(self, "_rdict", rdict)
+        object.__setattr__(self, "_on_write", on_write)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._WRITES:
+            self._on_write()
+        value = getattr(self._rdict, name)
+        if name == "get_column_family":
+            on_write = self._on_write
+
+            def column(cf_name: str) -> TrackedDb:
+                return TrackedDb(value(cf_name), on_write)
+
+            return column
+        return value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._rdict[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._rdict
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._on_write()
+        self._rdict[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        self._on_write()
+        del self._rdict[key]
+
+    def unwrap(self) -> rocksdict.Rdict:
+        """Return the bare Rdict (counts as a direct write: the run stops being resumable)."""
+        self._on_write()
+        rdict: rocksdict.Rdict = self._rdict
+        return rdict

@@ -1,0 +1,315 @@
+"""The exception tree: every failure the library reports is a MigrateError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pebble_migrate.units import format_bytes
+
+# Exit codes the CLI uses; documented in docs/cli.md. Health checks rely on them.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PENDING = 3
+EXIT_NOT_CLEAN = 4
+EXIT_IN_USE = 5
+EXIT_MIGRATION_FAILED = 6
+EXIT_VALIDATION_FAILED = 7
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class MigrateError(Exception):
+    """Base of every error pebble-migrate raises; the CLI prints it as `Error: ...`."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n{hint}")
+
+
+# --- configuration and invocation -------------------------------------------------
+
+
+class UsageError(MigrateError):
+    """Raised when options or arguments are missing or contradict each other."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfirmationRequired(UsageError):
+    """Raised when a destructive command has no terminal to ask on and no --yes."""
+
+    def __init__(self, action: str, flag: str = "--yes") -> None:
+        super().__init__(
+            f"{action} needs confirmation, and there is no terminal to ask on.",
+            hint=f"Re-run with {flag} to confirm.",
+        )
+
+
+# --- the database on disk -------------------------------------------------------
+
+
+class DatabaseError(MigrateError):
+    """Raised when the database directory cannot be opened or read."""
+
+
+class DatabaseNotFound(DatabaseError):
+    """Raised when the database path does not exist."""
+
+    def __init__(self, path: str, cli_name: str = "pebble-migrate") -> None:
+        self.path = path
+        super().__init__(
+            f"no database at {path}.",
+            hint=(
+                "Check the path given with -d/--database or PEBBLE_MIGRATE_DATABASE; "
+                f"to create a new database there, run `{cli_name} up --create -d {path}`."
+            ),
+        )
+
+
+class NotADatabase(DatabaseError):
+    """Raised when the path is a file, or a directory that is not a RocksDB database."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is not a usable RocksDB database: {reason}.",
+            hint="Nothing was changed. Check the path, or restore a backup "
+            "(`pebble-migrate backup list -d PATH`).",
+        )
+
+
+class DatabaseInUse(DatabaseError):
+    """Raised when another process holds the database's lock."""
+
+    exit_code = EXIT_IN_USE
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"the database at {path} is in use by another process (its LOCK is held).",
+            hint="Stop the application (or the other pebble-migrate) and try again; "
+            "read-only commands such as `status` work while it runs.",
+        )
+
+
+class StorageError(DatabaseError):
+    """Raised when RocksDB reports an I/O error or invalid argument."""
+
+
+class CorruptionError(StorageError):
+    """Raised when RocksDB finds corrupt data; the message names the file."""
+
+
+class DiskFullError(StorageError):
+    """Raised when a write fails because the filesystem is full."""
+
+    def __init__(self, path: str, detail: str, free: int | None, needed: int | None) -> None:
+        self.free = free
+        self.needed = needed
+        numbers = []
+        if free is not None:
+            numbers.append(f"{format_bytes(free)} free")
+        if needed is not None:
+            numbers.append(f"about {format_bytes(needed)} needed")
+        where = f" ({', '.join(numbers)})" if numbers else ""
+        super().__init__(
+            f"the disk holding {path} is full{where}: {detail}",
+            hint="Free some space, then run `pebble-migrate force-clean` and "
+            "`pebble-migrate up`; committed work is kept and resumes where it stopped.",
+        )
+
+
+class InsufficientSpace(MigrateError):
+    """Raised before any write when free space is below what the job needs."""
+
+    def __init__(self, path: str, free: int, needed: int, what: str) -> None:
+        self.free = free
+        self.needed = needed
+        super().__init__(
+            f"not enough free space for {what} at {path}: "
+            f"{format_bytes(free)} free, {format_bytes(needed)} needed.",
+            hint="Free space on that filesystem and try again; nothing was changed.",
+        )
+
+
+# --- the recorded state ---------------------------------------------------------
+
+
+class StateError(MigrateError):
+    """Raised when the migration state stored in the database forbids the request."""
+
+
+class CorruptStateError(StateError):
+    """Raised when a state record in the database cannot be decoded."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(
+            f"the migration state record {key!r} is unreadable: {detail}.",
+            hint="Nothing was changed. Restore a backup taken before the damage "
+            "(`pebble-migrate backup list`, then `pebble-migrate backup restore ID --force`).",
+        )
+
+
+class NotCleanError(StateError):
+    """Raised when up/down/rerun find the database migrating, dirty or rolling back."""
+
+    exit_code = EXIT_NOT_CLEAN
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+
+
+# --- migrations and their registry -----------------------------------------------
+
+
+class RegistryError(MigrateError):
+    """Raised when the set of migrations is invalid as a whole."""
+
+
+class InvalidMigrationId(RegistryError):
+    """Raised when a migration id is not `<unix_timestamp>_<description>`."""
+
+    def __init__(self, migration_id: str, reason: str, source: str | None = None) -> None:
+        self.migration_id = migration_id
+        where = f" ({source})" if source else ""
+        super().__init__(
+            f"invalid migration id {migration_id!r}{where}: {reason}.",
+            hint="Ids look like 1700000000_add_indexes: a Unix timestamp between "
+            "946684800 and 4102444800, an underscore, then letters, digits and underscores. "
+            "`pebble-migrate create NAME` writes one for you.",
+        )
+
+
+class DuplicateMigration(RegistryError):
+    """Raised when two migrations share an id or a version."""
+
+    def __init__(self, ids: Sequence[str], what: str = "id") -> None:
+        self.ids = tuple(ids)
+        super().__init__(
+            f"duplicate migration {what}: {', '.join(self.ids)}.",
+            hint="Give each migration its own timestamp (rename one file).",
+        )
+
+
+class DependencyCycle(RegistryError):
+    """Raised when migrations depend on each other in a cycle."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.ids = tuple(cycle)
+        super().__init__(
+            f"dependency cycle: {' -> '.join(self.ids)}.",
+            hint="Remove one of these dependencies so the migrations can be ordered.",
+        )
+
+
+class UnknownDependency(RegistryError):
+    """Raised when a migration depends on an id that no migration has."""
+
+    def __init__(self, migration_id: str, missing: Iterable[str]) -> None:
+        self.migration_id = migration_id
+        self.missing = tuple(sorted(missing))
+        super().__init__(
+            f"migration {migration_id} depends on unknown "
+            f"{'id' if len(self.missing) == 1 else 'ids'} {', '.join(self.missing)}.",
+            hint="Fix the id in its `dependencies`, or add the missing migration.",
+        )
+
+
+class MigrationLoadError(RegistryError):
+    """Raised when a migration file cannot be imported or lacks what it needs."""
+
+    def __init__(self, path: str, detail: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line else path
+        super().__init__(
+            f"cannot load migration {where}: {detail}.",
+            hint="Fix the file and run the command again; nothing was changed.",
+        )
+
+
+# --- plans ----------------------------------------------------------------------
+
+
+class PlanError(MigrateError):
+    """Raised when the requested up/down/rerun cannot be planned."""
+
+
+class UnknownTarget(PlanError):
+    """Raised when a version or id names no known migration."""
+
+    def __init__(self, target: str, known: Sequence[str] = ()) -> None:
+        self.target = target
+        listing = f" Known: {', '.join(known[-5:])}" if known else ""
+        super().__init__(
+            f"no migration has version or id {target!r}.{listing}",
+            hint="Run `pebble-migrate status` to see the versions.",
+        )
+
+
+class IrreversibleMigration(PlanError):
+    """Raised when a rollback would have to pass through a migration without `down`."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = tuple(ids)
+        super().__init__(
+            f"cannot roll back {', '.join(self.ids)}: no `down` defined.",
+            hint="Choose a target above it, add a `down` to the migration, or restore "
+            "a backup (`pebble-migrate backup list`). Nothing was changed.",
+        )
+
+
+# --- running --------------------------------------------------------------------
+
+
+class PendingMigrations(MigrateError):
+    """Raised by the startup check when migrations are pending and may not run."""
+
+    exit_code = EXIT_PENDING
+
+    def __init__(self, ids: Sequence[str], cli_name: str) -> None:
+        self.ids = tuple(ids)
+        super().__init__(
+            f"{len(self.ids)} pending migration(s): {', '.join(self.ids)}.",
+            hint=f"Run `{cli_name} up`, or start with run_migrations enabled.",
+        )
+
+
+class MigrationFailed(MigrateError):
+    """Raised when a migration's function raised; the state is now dirty."""
+
+    exit_code = EXIT_MIGRATION_FAILED
+
+    def __init__(self, migration_id: str, error: str, *, hint: str, details: str = "") -> None:
+        self.migration_id = migration_id
+        self.error = error
+        self.details = details
+        super().__init__(f"migration {migration_id} failed: {error}", hint=hint)
+
+
+class ValidationFailed(MigrateError):
+    """Raised when `validate` finds problems."""
+
+    exit_code = EXIT_VALIDATION_FAILED
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            f"validation found {len(self.problems)} problem(s): " + "; ".join(self.problems),
+            hint="See `pebble-migrate validate --verbose`; to undo the last migration, "
+            "run `pebble-migrate down VERSION`.",
+        )
+
+
+class MigrationInterrupted(MigrateError):
+    """Raised when SIGINT or SIGTERM stopped a migration at a safe point."""
+
+    def __init__(self, message: str, *, signum: int, hint: str) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        super().__init__(message, hint=hint)

@@ -1,0 +1,99 @@
+"""The Migration model: an id that carries the version, and the functions that move data."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pebble_migrate.errors import DependencyCycle, InvalidMigrationId
+
+if TYPE_CHECKING:
+    from pebble_migrate.context import MigrationContext
+
+MIN_VERSION = 946684800  # 2000-01-01T00:00:00Z
+MAX_VERSION = 4102444800  # 2100-01-01T00:00:00Z
+
+_ID = re.compile(r"^([0-9]+)_([A-Za-z0-9_]+)$")
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+MigrationFn = Callable[["MigrationContext"], Any]
+
+
+def parse_id(migration_id: str, source: str | None = None) -> int:
+    """Return the version (timestamp) in a migration id, or raise InvalidMigrationId."""
+    if not isinstance(migration_id, str):
+        raise InvalidMigrationId(repr(migration_id), "an id must be a string", source)
+    match = _ID.match(migration_id)
+    if match is None:
+        raise InvalidMigrationId(
+            migration_id,
+            "expected <unix_timestamp>_<description> (letters, digits, underscores)",
+            source,
+        )
+    digits = match.group(1)
+    if digits.startswith("0"):
+        raise InvalidMigrationId(migration_id, "the timestamp has a leading zero", source)
+    version = int(digits)
+    if not MIN_VERSION <= version <= MAX_VERSION:
+        raise InvalidMigrationId(
+            migration_id,
+            f"timestamp {version} is outside {MIN_VERSION}..{MAX_VERSION} (years 2000 to 2100)",
+            source,
+        )
+    return version
+
+
+def is_valid_name(name: str) -> bool:
+    """Return whether `name` may follow the timestamp in an id."""
+    return bool(_NAME.match(name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Migration:
+    """One versioned change to the data, defined in code or loaded from a file.
+
+    `up(ctx)` applies it; `down(ctx)` undoes it; `validate(ctx)` checks the data after it
+    (return False or a list of problem strings, or raise, to report failure).
+    """
+
+    id: str
+    up: MigrationFn
+    description: str = ""
+    down: MigrationFn | None = None
+    validate: MigrationFn | None = None
+    rerunnable: bool = False
+    dependencies: tuple[str, ...] = ()
+    source: str | None = field(default=None, compare=False)
+    version: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        version = parse_id(self.id, self.source)
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "dependencies", _as_ids(self.id, self.dependencies))
+        if not callable(self.up):
+            raise InvalidMigrationId(self.id, "`up` must be a function taking ctx", self.source)
+        for name in ("down", "validate"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise InvalidMigrationId(self.id, f"`{name}` must be a function or None")
+        if not self.description:
+            object.__setattr__(self, "description", self.id.split("_", 1)[1].replace("_", " "))
+
+    @property
+    def reversible(self) -> bool:
+        """Whether the migration can be rolled back."""
+        return self.down is not None
+
+
+def _as_ids(owner: str, deps: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(deps, str):
+        deps = (deps,)
+    ids = tuple(deps)
+    for dep in ids:
+        if not isinstance(dep, str):
+            raise InvalidMigrationId(owner, f"dependency {dep!r} is not an id string")
+    if owner in ids:
+        raise DependencyCycle((owner, owner))
+    return ids

@@ -1,0 +1,225 @@
+"""The pure planner: migrations and applied ids in, an ordered plan out. No I/O."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pebble_migrate.errors import (
+    DependencyCycle,
+    DuplicateMigration,
+    IrreversibleMigration,
+    PlanError,
+    UnknownDependency,
+    UnknownTarget,
+)
+from pebble_migrate.migration import Migration, parse_id
+
+Action = Literal["apply", "rollback"]
+Command = Literal["up", "down", "rerun"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One migration to apply or roll back, and the kind of history record it leaves."""
+
+    action: Action
+    migration: Migration
+    kind: str
+
+    @property
+    def id(self) -> str:
+        """The migration id."""
+        return self.migration.id
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordered steps of an up, down or rerun, and the version before and after."""
+
+    command: Command
+    steps: tuple[Step, ...]
+    from_version: int
+    to_version: int
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The ids of the steps, in order."""
+        return tuple(step.id for step in self.steps)
+
+
+def check(migrations: Sequence[Migration]) -> None:
+    """Raise if ids or versions repeat, a dependency is unknown, or dependencies cycle."""
+    order(migrations)
+
+
+def order(migrations: Sequence[Migration]) -> list[Migration]:
+    """Return migrations dependencies-first, then by ascending version among the ready."""
+    by_id = _index(migrations)
+    waiting = {m.id: set(m.dependencies) for m in migrations}
+    dependents: dict[str, list[str]] = {m.id: [] for m in migrations}
+    for m in migrations:
+        for dep in m.dependencies:
+            dependents[dep].append(m.id)
+    ready = [(m.version, m.id) for m in migrations if not m.dependencies]
+    heapq.heapify(ready)
+    result: list[Migration] = []
+    while ready:
+        _, mid = heapq.heappop(ready)
+        result.append(by_id[mid])
+        for child in dependents[mid]:
+            waiting[child].discard(mid)
+            if not waiting[child]:
+                heapq.heappush(ready, (by_id[child].version, child))
+    if len(result) < len(migrations):
+        stuck = {mid for mid, deps in waiting.items() if deps}
+        raise DependencyCycle(_find_cycle(stuck, by_id))
+    return result
+
+
+def _index(migrations: Sequence[Migration]) -> dict[str, Migration]:
+    by_id: dict[str, Migration] = {}
+    by_version: dict[int, str] = {}
+    for m in migrations:
+        if m.id in by_id:
+            raise DuplicateMigration([m.id, m.id])
+        if m.version in by_version:
+            raise DuplicateMigration([by_version[m.version], m.id], what="version")
+        by_id[m.id] = m
+        by_version[m.version] = m.id
+    for m in migrations:
+        missing = [dep for dep in m.dependencies if dep not in by_id]
+        if missing:
+            raise UnknownDependency(m.id, missing)
+    return by_id
+
+
+def _find_cycle(stuck: set[str], by_id: dict[str, Migration]) -> list[str]:
+    # Every stuck node has a stuck dependency, so walking dependencies must revisit a node.
+    node = min(stuck)
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = min(dep for dep in by_id[node].dependencies if dep in stuck)
+    return [*path[seen[node] :], node]
+
+
+def version_of(applied: Iterable[str]) -> int:
+    """Return the highest version among applied ids, or 0 when none is applied."""
+    return max((parse_id(mid) for mid in applied), default=0)
+
+
+def pending(migrations: Sequence[Migration], applied: Collection[str]) -> list[Migration]:
+    """Return the migrations not yet applied, in the order `up` would run them."""
+    return [m for m in order(migrations) if m.id not in applied]
+
+
+def resolve_version(migrations: Sequence[Migration], target: str, *, allow_zero: bool) -> int:
+    """Return the version a user's target names: a version number, or a migration id."""
+    text = target.strip()
+    if allow_zero and text == "0":
+        return 0
+    for m in migrations:
+        if text in (m.id, str(m.version)):
+            return m.version
+    raise UnknownTarget(target, [m.id for m in order(migrations)])
+
+
+def plan_up(
+    migrations: Sequence[Migration], applied: Collection[str], target: int | None = None
+) -> Plan:
+    """Return the steps that apply pending migrations, up to `target` when given."""
+    todo = pending(migrations, applied)
+    if target is not None:
+        todo = _up_to(todo, target)
+    current = version_of(applied)
+    steps = tuple(Step("apply", m, "apply") for m in todo)
+    return Plan("up", steps, current, version_of([*applied, *(s.id for s in steps)]))
+
+
+def _up_to(todo: list[Migration], target: int) -> list[Migration]:
+    by_id = {m.id: m for m in todo}
+    chosen: set[str] = set()
+    stack = [m.id for m in todo if m.version <= target]
+    while stack:
+        mid = stack.pop()
+        if mid in chosen:
+            continue
+        chosen.add(mid)
+        stack.extend(dep for dep in by_id[mid].dependencies if dep in by_id)
+    above = sorted(mid for mid in chosen if by_id[mid].version > target)
+    if above:
+        raise PlanError(
+            f"cannot stop at version {target}: {', '.join(above)} lie above it but "
+            "migrations at or below it depend on them.",
+            hint="Choose a later version, or run `pebble-migrate up` with no version.",
+        )
+    return [m for m in todo if m.id in chosen]
+
+
+def plan_down(migrations: Sequence[Migration], applied: Collection[str], target: int) -> Plan:
+    """Return the steps that roll back every applied migration above `target`, newest first."""
+    known = {m.id for m in migrations}
+    lost = sorted(mid for mid in applied if mid not in known and parse_id(mid) > target)
+    if lost:
+        raise PlanError(
+            f"cannot roll back {', '.join(lost)}: applied, but not in the migrations "
+            "directory any more.",
+            hint="Restore the migration files (or choose a target at or above them); "
+            "nothing was changed.",
+        )
+    undo = [m for m in reversed(order(migrations)) if m.id in applied and m.version > target]
+    _check_reversible(undo)
+    _check_no_dependents(migrations, applied, {m.id for m in undo})
+    steps = tuple(Step("rollback", m, "rollback") for m in undo)
+    remaining = [mid for mid in applied if mid not in {m.id for m in undo}]
+    return Plan("down", steps, version_of(applied), version_of(remaining))
+
+
+def plan_rerun(
+    migrations: Sequence[Migration], applied: Collection[str], migration_id: str
+) -> Plan:
+    """Return the steps that roll a migration back and apply it again."""
+    match = [m for m in migrations if migration_id in (m.id, str(m.version))]
+    if not match:
+        raise UnknownTarget(migration_id, [m.id for m in order(migrations)])
+    m = match[0]
+    if m.id not in applied:
+        raise PlanError(
+            f"{m.id} is not applied, so there is nothing to rerun.",
+            hint="Run `pebble-migrate up` to apply it.",
+        )
+    if m.down is None and not m.rerunnable:
+        raise IrreversibleMigration([m.id])
+    steps: tuple[Step, ...] = (Step("apply", m, "rerun"),)
+    if m.down is not None:
+        steps = (Step("rollback", m, "rollback"), *steps)
+    current = version_of(applied)
+    return Plan("rerun", steps, current, current)
+
+
+def _check_reversible(undo: Sequence[Migration]) -> None:
+    missing = [m.id for m in undo if m.down is None]
+    if missing:
+        raise IrreversibleMigration(missing)
+
+
+def _check_no_dependents(
+    migrations: Sequence[Migration], applied: Collection[str], undo: set[str]
+) -> None:
+    for m in migrations:
+        if m.id in applied and m.id not in undo:
+            needed = sorted(set(m.dependencies) & undo)
+            if needed:
+                raise PlanError(
+                    f"cannot roll back {', '.join(needed)}: {m.id} stays applied and "
+                    "depends on it.",
+                    hint=f"Choose a target below {m.version} so {m.id} is rolled back too.",
+                )

@@ -1,0 +1,131 @@
+"""The startup check an application calls on its open database before serving."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rocksdict
+
+from pebble_migrate import plan as planner
+from pebble_migrate import store
+from pebble_migrate.context import ChunkPolicy
+from pebble_migrate.errors import InsufficientSpace, MigrationInterrupted, PendingMigrations
+from pebble_migrate.events import log_reporter
+from pebble_migrate.executor import Executor, RunReport, initialize, require_clean
+from pebble_migrate.registry import Registry, default_registry
+from pebble_migrate.state import StateStore
+
+log = logging.getLogger("pebble_migrate")
+
+
+@dataclass
+class StartupOptions:
+    """What `check_and_run_startup_migrations` may do. Start from `default_startup_options()`."""
+
+    run_migrations: bool = False
+    logger: logging.Logger = field(default_factory=lambda: log)
+    backup_enabled: bool = False
+    check_disk_space: bool = True
+    database_size_multiplier: float = 2.0
+    cli_name: str = "pebble-migrate"
+    registry: Registry = field(default_factory=lambda: default_registry)
+    backup_dir: str | None = None
+    chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
+    handle_signals: bool = True
+
+
+def default_startup_options() -> StartupOptions:
+    """Return the default options: check only, do not run migrations, no backup."""
+    return StartupOptions()
+
+
+def check_and_run_startup_migrations(
+    db: rocksdict.Rdict, db_path: str | Path, opts: StartupOptions | None = None
+) -> RunReport | None:
+    """Bring the open database up to date, or refuse with the command that fixes it.
+
+    Initializes a database with no state; continues a `migrating` one whose migration can
+    resume (rerunnable, or written only through ctx); refuses a dirty one or a non-resumable
+    interruption; refuses pending migrations unless `run_migrations`; checks free space;
+    then runs them. Returns the run report, or None when nothing was pending.
+    """
+    opts = opts or default_startup_options()
+    reporter = log_reporter(opts.logger)
+    migrations = opts.registry.ordered()
+    states = StateStore(db, str(db_path))
+    try:
+        state = initialize(states, migrations, reporter)
+        require_clean(state, {m.id: m for m in migrations}, "startup", opts.cli_name)
+        plan = planner.plan_up(migrations, state.applied)
+        if not plan:
+            opts.logger.info("database is up to date at version %d", state.current_version)
+            return None
+        if not opts.run_migrations:
+            raise PendingMigrations(plan.ids, opts.cli_name)
+        if opts.check_disk_space:
+            _check_space(Path(db_path), opts.database_size_multiplier)
+        if opts.backup_enabled:
+            _backup(db, db_path, state, plan, opts)
+    finally:
+        states.release()
+        del states
+    return _run(db, plan, opts, reporter)
+
+
+def _run(
+    db: rocksdict.Rdict, plan: planner.Plan, opts: StartupOptions, reporter: object
+) -> RunReport:
+    executor = Executor(
+        db,
+        reporter=log_reporter(opts.logger),
+        logger=opts.logger,
+        policy=opts.chunk_policy,
+        handle_signals=opts.handle_signals,
+        cli_name=opts.cli_name,
+    )
+    try:
+        return executor.run(plan)
+    except MigrationInterrupted as exc:
+        executor.release()
+        _redeliver(exc.signum, executor)
+        raise
+    finally:
+        executor.release()
+
+
+def _redeliver(signum: int, executor: Executor) -> None:
+    """Hand the signal to the application's own handler, now that the data is safe."""
+    previous = executor.guard.previous_handler(signum)
+    executor.guard.restore()
+    if previous is None or previous is signal.SIG_IGN:
+        return
+    signal.raise_signal(signum)
+
+
+def _check_space(db_path: Path, multiplier: float) -> None:
+    size = store.directory_size(db_path)
+    needed = int(size * multiplier)
+    free = store.free_space(db_path)
+    if free is not None and free < needed:
+        raise InsufficientSpace(str(db_path), free, needed, "the migrations")
+
+
+def _backup(
+    db: rocksdict.Rdict,
+    db_path: str | Path,
+    state: object,
+    plan: planner.Plan,
+    opts: StartupOptions,
+) -> None:
+    from pebble_migrate import backup
+
+    backup.create_backup_of_open(
+        db,
+        db_path,
+        backup_dir=opts.backup_dir,
+        description=backup.describe_trigger(plan),
+        trigger=plan.ids[0],
+    )

@@ -1,0 +1,237 @@
+"""Opening RocksDB safely, checked iteration, and translating rocksdict's errors."""
+
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import rocksdict
+
+from pebble_migrate.errors import (
+    CorruptionError,
+    DatabaseInUse,
+    DatabaseNotFound,
+    DiskFullError,
+    MigrateError,
+    NotADatabase,
+    StorageError,
+)
+
+STATE_CF = "pebble_migrate"
+"""The reserved column family that holds the migration state, out of the app's keyspace."""
+
+_MANIFEST = re.compile(r"^MANIFEST-\d+$")
+_ROCKSDB_FILE = re.compile(r"^(MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob)|IDENTITY)$")
+
+
+def check_database_dir(path: Path) -> None:
+    """Raise unless `path` is a directory holding a RocksDB database (CURRENT -> MANIFEST)."""
+    if not path.exists():
+        raise DatabaseNotFound(str(path))
+    if not path.is_dir():
+        raise NotADatabase(str(path), "it is a file, not a directory")
+    current = path / "CURRENT"
+    if not current.is_file():
+        rocks = [p.name for p in path.iterdir() if _ROCKSDB_FILE.match(p.name)]
+        if rocks:
+            raise NotADatabase(str(path), "its CURRENT file is missing, so it looks damaged")
+        if not any(path.iterdir()):
+            raise NotADatabase(str(path), "the directory is empty")
+        raise NotADatabase(str(path), "it holds no RocksDB files (no CURRENT)")
+    manifest = current.read_text(errors="replace").strip()
+    if not _MANIFEST.match(manifest) or not (path / manifest).is_file():
+        raise NotADatabase(str(path), f"CURRENT names {manifest!r}, which is not there")
+
+
+def is_creatable(path: Path) -> bool:
+    """Return whether a new database may be created at `path` (missing or an empty dir)."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def open_database(path: str | Path, *, read_only: bool, create: bool = False) -> rocksdict.Rdict:
+    """Open the database at `path` the way rocksdict does by default, never creating one
+    unless `create` is set and the path is missing or an empty directory."""
+    where = Path(path)
+    if create and is_creatable(where):
+        where.mkdir(parents=True, exist_ok=True)
+        return _guarded(
+            where, lambda: rocksdict.Rdict(str(where), rocksdict.Options(raw_mode=True))
+        )
+    check_database_dir(where)
+    access = (
+        rocksdict.AccessType.read_only(False) if read_only else rocksdict.AccessType.read_write()
+    )
+    # No Options: rocksdict then loads the database's own options, column families and
+    # raw/pickle mode, so databases written by other programs open unchanged.
+    return _guarded(where, lambda: rocksdict.Rdict(str(where), access_type=access))
+
+
+def _guarded(path: Path, opener: Any) -> rocksdict.Rdict:
+    try:
+        db: rocksdict.Rdict = opener()
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+        raise translate(exc, path) from None
+    return db
+
+
+def translate(exc: BaseException, path: str | Path, *, needed: int | None = None) -> MigrateError:
+    """Return our error for an exception raised by rocksdict."""
+    if isinstance(exc, MigrateError):
+        return exc
+    text = str(exc)
+    where = str(path)
+    if "LOCK" in text and ("lock" in text.lower()) and "IO error" in text:
+        return DatabaseInUse(where)
+    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return DiskFullError(where, text, free_space(Path(where)), needed)
+    if text.startswith("Corruption:"):
+        return CorruptionError(
+            f"RocksDB reports corrupt data in {where}: {text}",
+            hint="Nothing more was written. Restore a backup "
+            "(`pebble-migrate backup list`, `pebble-migrate backup restore ID --force`).",
+        )
+    if isinstance(exc, rocksdict.DbClosedError):
+        return StorageError(
+            f"the database at {where} was closed while pebble-migrate was using it.",
+            hint="Keep the database open until the call returns.",
+        )
+    return StorageError(f"RocksDB error on {where}: {text}")
+
+
+def free_space(path: Path) -> int | None:
+    """Return the free bytes on the filesystem holding `path` (or its nearest parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def directory_size(path: Path) -> int:
+    """Return the total size in bytes of the regular files under `path`."""
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def is_raw_mode(db: rocksdict.Rdict) -> bool:
+    """Return whether `db` was opened in raw (bytes-only) mode rather than pickle mode."""
+    try:
+        db.get("pebble-migrate raw-mode probe")
+    except KeyError as exc:
+        if "raw mode" in str(exc):
+            return True
+        raise
+    return False
+
+
+def successor(prefix: bytes) -> bytes | None:
+    """Return the smallest key greater than every key starting with `prefix` (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def checked_items(
+    source: Any, where: str, *, start: Any = None, end: Any = None
+) -> Iterator[tuple[Any, Any]]:
+    """Yield (key, value) in [start, end) from an Rdict, Snapshot or column family, and
+    raise CorruptionError if RocksDB stopped early, which its own iterators do silently.
+
+    Uses the fast `items()` walk, then proves it reached the real last key of the range
+    with one checked seek. Only call it on a view that cannot change underneath (a
+    snapshot, a read-only or checkpoint open), or concurrent writes look like truncation.
+    """
+    last: Any = None
+    seen = False
+    items = source.items(from_key=start) if start is not None else source.items()
+    try:
+        for key, value in items:
+            if end is not None and not key < end:
+                break
+            last, seen = key, True
+            yield key, value
+    except TypeError:
+        pass  # pickle mode: keys of another type sort after this range
+    finally:
+        del items
+    _verify_reached_end(source, where, last if seen else None, start, end)
+
+
+def _verify_reached_end(source: Any, where: str, last: Any, start: Any, end: Any) -> None:
+    it = source.iter()
+    try:
+        true_last = _last_key_before(it, start, end)
+        if true_last is _NOTHING or (last is not None and _same(true_last, last)):
+            return
+        # items() stopped before the range's real last key: walk on to get RocksDB's error.
+        if last is None:
+            it.seek_to_first() if start is None else it.seek(start)
+        else:
+            it.seek(last)
+        while it.valid():
+            it.next()
+        it.status()
+        raise CorruptionError(
+            f"a scan of {where} stopped early after key {last!r} with no error reported; "
+            "the data may be damaged.",
+            hint="Nothing was changed by this scan. Check the disk, then restore a backup.",
+        )
+    except MigrateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+        raise translate(exc, where) from None
+    finally:
+        del it
+
+
+_NOTHING = object()
+
+
+def _last_key_before(it: Any, start: Any, end: Any) -> Any:
+    if end is None:
+        it.seek_to_last()
+    else:
+        it.seek_for_prev(end)
+        if it.valid() and _same(it.key(), end):
+            it.prev()
+    if not it.valid():
+        it.status()
+        return _NOTHING
+    key = it.key()
+    try:
+        if start is not None and key < start:
+            return _NOTHING
+    except TypeError:
+        return _NOTHING
+    return key
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def is_empty(db: rocksdict.Rdict, where: str) -> bool:
+    """Return whether the app's keyspace (default and app column families) holds no key."""
+    for name in rocksdict.Rdict.list_cf(str(db.path())):
+        if name == STATE_CF:
+            continue
+        cf = db if name == "default" else db.get_column_family(name)
+        try:
+            for _ in checked_items(cf, where):
+                return False
+        finally:
+            del cf
+    return True
