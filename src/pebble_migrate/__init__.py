@@ -1,5 +1,15 @@
 """pebble-migrate: versioned, recoverable data migrations for applications on RocksDB."""
 
+from pebble_migrate.backup import (
+    BackupCorrupt,
+    BackupError,
+    BackupInfo,
+    CleanupResult,
+    NotABackup,
+    cleanup_backups,
+    create_backup,
+    list_backups,
+)
 from pebble_migrate.commands import (
     Aborted,
     RunOptions,
@@ -47,6 +57,7 @@ from pebble_migrate.events import Event
 from pebble_migrate.migration import Migration
 from pebble_migrate.plan import Plan, Step
 from pebble_migrate.registry import Registry, default_registry, load_migrations, register
+from pebble_migrate.restore import OtherDatabase, RestoreResult, restore_backup
 from pebble_migrate.startup import (
     StartupOptions,
     check_and_run_startup_migrations,
@@ -56,7 +67,11 @@ from pebble_migrate.state import HistoryRecord, State, Status, read_state
 
 __all__ = [
     "Aborted",
+    "BackupCorrupt",
+    "BackupError",
+    "BackupInfo",
     "ChunkPolicy",
+    "CleanupResult",
     "ConfirmationRequired",
     "CorruptStateError",
     "CorruptionError",
@@ -77,13 +92,16 @@ __all__ = [
     "MigrationFailed",
     "MigrationInterrupted",
     "MigrationLoadError",
+    "NotABackup",
     "NotADatabase",
     "NotCleanError",
+    "OtherDatabase",
     "PendingMigrations",
     "Plan",
     "PlanError",
     "Registry",
     "RegistryError",
+    "RestoreResult",
     "RunOptions",
     "StartupOptions",
     "State",
@@ -96,17 +114,21 @@ __all__ = [
     "UsageError",
     "ValidationFailed",
     "check_and_run_startup_migrations",
+    "cleanup_backups",
     "create",
+    "create_backup",
     "default_registry",
     "default_startup_options",
     "down",
     "force_clean",
     "history",
+    "list_backups",
     "load_migrations",
     "read_state",
     "register",
     "repair",
     "rerun",
+    "restore_backup",
     "status",
     "up",
     "validate",

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
+import zlib
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from pebble_migrate import store
 from pebble_migrate.backup import (
     ARCHIVE_SUFFIX,
     DATA,
     META,
+    BackupCorrupt,
     BackupInfo,
     NotABackup,
     decode_info,
+    disk_error,
     remove_backup,
 )
 from pebble_migrate.durable import fsync_dir, fsync_file
 from pebble_migrate.errors import InsufficientSpace
 from pebble_migrate.faults import kill_point
+
+_CHUNK = 1024 * 1024
+# What a damaged or foreign file raises while it is read as a .tar.gz.
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
 def archive_backup(info: BackupInfo) -> BackupInfo:
@@ -41,6 +52,9 @@ def archive_backup(info: BackupInfo) -> BackupInfo:
         fsync_file(tmp)
         tmp.rename(final)
         fsync_dir(root)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, root, info.size_bytes) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -57,30 +71,89 @@ def read_archive_info(path: Path) -> BackupInfo:
                 raise NotABackup(str(path), f"the archive does not start with {META}")
             handle = tar.extractfile(member)
             data = json.load(io.TextIOWrapper(handle)) if handle else None
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+    except (*_UNREADABLE, OSError, ValueError) as exc:
         raise NotABackup(str(path), f"not a readable .tar.gz archive ({exc})") from None
     return decode_info(data, path, str(path), archive=True)
 
 
-def extract_archive(info: BackupInfo, target: Path) -> None:
-    """Extract the database files of an archive into `target` (which must not exist)."""
-    target.mkdir(parents=True)
+def _members(info: BackupInfo) -> Generator[tuple[str, IO[bytes]], None, None]:
+    """Yield (name under db/, readable stream) for each database file of the archive."""
     try:
         with tarfile.open(info.path, "r:gz") as tar:
             for member in tar:
-                name = PurePosixPath(member.name)
                 if member.name == META:
                     continue
+                name = PurePosixPath(member.name)
                 if not member.isfile() or name.parts[0] != DATA or ".." in name.parts:
                     raise NotABackup(str(info.path), f"unexpected entry {member.name!r}")
-                dest = target.joinpath(*name.parts[1:])
-                dest.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
-                assert source is not None
-                with dest.open("wb") as out:
-                    shutil.copyfileobj(source, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                kill_point("restore-file")
-    except (tarfile.TarError, EOFError) as exc:
+                if source is None:
+                    raise NotABackup(str(info.path), f"unreadable entry {member.name!r}")
+                yield "/".join(name.parts[1:]), source
+    except _UNREADABLE as exc:
         raise NotABackup(str(info.path), f"the archive is damaged ({exc})") from None
+
+
+def _read(info: BackupInfo, source: IO[bytes]) -> Iterator[bytes]:
+    # Decompression errors surface here, in the middle of a member.
+    while True:
+        try:
+            chunk = source.read(_CHUNK)
+        except _UNREADABLE as exc:
+            raise NotABackup(str(info.path), f"the archive is damaged ({exc})") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _check_member(info: BackupInfo, name: str, size: int, digest: str, seen: set[str]) -> None:
+    recorded = {f.name: f for f in info.files}
+    expected = recorded.get(name)
+    if expected is None:
+        raise BackupCorrupt(info.id, name, "is not part of the backup")
+    if size != expected.size:
+        raise BackupCorrupt(info.id, name, f"has {size} bytes, {expected.size} recorded")
+    if digest != expected.sha256:
+        raise BackupCorrupt(info.id, name, "does not match its recorded checksum")
+    seen.add(name)
+
+
+def _check_complete(info: BackupInfo, seen: set[str]) -> None:
+    for f in sorted(info.files, key=lambda f: f.name):
+        if f.name not in seen:
+            raise BackupCorrupt(info.id, f.name, "is missing")
+
+
+def verify_archive(info: BackupInfo) -> None:
+    """Raise BackupCorrupt unless every recorded file is in the archive, intact."""
+    seen: set[str] = set()
+    with contextlib.closing(_members(info)) as members:
+        for name, source in members:
+            digest, size = hashlib.sha256(), 0
+            for chunk in _read(info, source):
+                digest.update(chunk)
+                size += len(chunk)
+            _check_member(info, name, size, digest.hexdigest(), seen)
+    _check_complete(info, seen)
+
+
+def extract_archive(info: BackupInfo, target: Path) -> None:
+    """Extract the database files of an archive into `target` (which must not exist),
+    checking each file's size and SHA-256 as it is written; raise BackupCorrupt."""
+    target.mkdir(parents=True)
+    seen: set[str] = set()
+    with contextlib.closing(_members(info)) as members:
+        for name, source in members:
+            dest = target.joinpath(*name.split("/"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            digest, size = hashlib.sha256(), 0
+            with dest.open("wb") as out:
+                for chunk in _read(info, source):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            _check_member(info, name, size, digest.hexdigest(), seen)
+            kill_point("restore-file")
+    _check_complete(info, seen)

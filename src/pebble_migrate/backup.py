@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import rocksdict
 
 from pebble_migrate import store
 from pebble_migrate.durable import fsync_dir, write_json_atomic
-from pebble_migrate.errors import InsufficientSpace, MigrateError
+from pebble_migrate.errors import DiskFullError, InsufficientSpace, MigrateError
 from pebble_migrate.faults import kill_point
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import StateStore
@@ -110,6 +111,8 @@ def backup_dir_for(db_path: str | Path, configured: str | Path | None = None) ->
 
 def describe_trigger(plan: Plan) -> str:
     """Return the description of an automatic backup taken before `plan` runs."""
+    if plan.command == "rerun" and plan.steps:
+        return f"before rerun of {plan.steps[-1].id}"
     n = len(plan.steps)
     return f"before {plan.command} to {plan.to_version}: {n} migration{'s' if n != 1 else ''}"
 
@@ -151,9 +154,10 @@ def create_backup_of_open(
 ) -> BackupInfo:
     """Back up an open database: checkpoint, checksums, metadata, then an atomic rename."""
     root = backup_dir_for(db_path, backup_dir)
+    # Check the room first: a refused backup leaves no trace, not even the directory.
+    _check_room(root, db, Path(db_path), compress)
     root.mkdir(parents=True, exist_ok=True)
     sweep_temporary(root)
-    _check_room(root, db)
     created = utc_now()
     backup_id = _new_id(root, created)
     tmp = root / f".tmp-{backup_id}-{os.getpid()}"
@@ -166,6 +170,9 @@ def create_backup_of_open(
         final = root / backup_id
         tmp.rename(final)
         fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, root) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -173,8 +180,20 @@ def create_backup_of_open(
     if compress:
         from pebble_migrate.archive import archive_backup
 
-        info = archive_backup(info)
+        try:
+            info = archive_backup(info)
+        except BaseException:
+            # The directory was only the means to the archive the user asked for.
+            remove_backup(info)
+            raise
     return info
+
+
+def disk_error(exc: OSError, where: Path, needed: int | None = None) -> MigrateError:
+    """Return DiskFullError for ENOSPC/EDQUOT, else a BackupError naming the failure."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(str(where), str(exc), store.free_space(where), needed)
+    return BackupError(f"cannot write under {where}: {exc}")
 
 
 def _checkpoint(db: rocksdict.Rdict, target: Path) -> None:
@@ -188,14 +207,30 @@ def _checkpoint(db: rocksdict.Rdict, target: Path) -> None:
         del checkpoint
 
 
-def _check_room(root: Path, db: rocksdict.Rdict) -> None:
+def _check_room(root: Path, db: rocksdict.Rdict, db_path: Path, compress: bool) -> None:
     # A checkpoint hard-links the table files; what it writes anew is the flushed memtable
-    # and copies of the small manifest/options files.
+    # and copies of the small manifest/options files. On another filesystem it copies
+    # everything, and an archive (of random data, at worst) is as large as the data.
     memtables = db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
     needed = memtables + 4 * 1024 * 1024
+    if compress or not same_filesystem(root, db_path):
+        needed += store.directory_size(db_path)
     free = store.free_space(root)
     if free is not None and free < needed:
         raise InsufficientSpace(str(root), free, needed, "a backup")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """Return `path` or its nearest ancestor that exists."""
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    """Return whether two paths (or their nearest existing ancestors) share a filesystem."""
+    return existing_ancestor(a).stat().st_dev == existing_ancestor(b).stat().st_dev
 
 
 def _new_id(root: Path, created: datetime) -> str:
@@ -396,7 +431,7 @@ def select_for_cleanup(
     if older_than is None and keep is None:
         raise ValueError("give older_than, keep, or both")
     ordered = sorted(backups, key=lambda b: (b.created_at, b.id))
-    newest_n = {b.id for b in ordered[len(ordered) - keep :]} if keep else set()
+    newest_n = {b.id for b in ordered[max(0, len(ordered) - keep) :]} if keep else set()
     guarded: set[str] = set()
     if not force and ordered:
         guarded.add(ordered[-1].id)

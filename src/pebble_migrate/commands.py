@@ -19,6 +19,7 @@ from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
 from pebble_migrate.migration import Migration, is_valid_name
 from pebble_migrate.registry import Registry
+from pebble_migrate.space import check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
 from pebble_migrate.units import utc_now
 
@@ -131,6 +132,8 @@ class RunOptions:
     handle_signals: bool = True
     cli_name: str = "pebble-migrate"
     before_write: BeforeWrite | None = None
+    check_space: bool = True
+    space_multiplier: float = 2.0
 
 
 @dataclass
@@ -158,25 +161,30 @@ def up(
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
     with opened(db_path, read_only=dry_run, create=create and not dry_run) as (db, states):
         state = states.read()
-        was_initialized = state.initialized
-        if dry_run:
-            if not state.initialized and store.is_empty(db, str(db_path)):
-                return Outcome(planner.Plan("up", (), 0, registry.latest_version), None, True)
-        else:
-            state = initialize(states, migrations, opts.reporter)
+        fresh = not state.initialized
+        if fresh and store.is_empty(db, str(db_path)):
+            if not dry_run:
+                initialize(states, migrations, opts.reporter)
+            return Outcome(planner.Plan("up", (), 0, registry.latest_version), None, fresh)
         require_clean(state, {m.id: m for m in migrations}, "up", opts.cli_name)
         plan = planner.plan_up(migrations, state.applied, version)
         _check_interrupted_in_plan(state, plan, opts.cli_name)
-        if dry_run or not plan:
-            return Outcome(plan, None, not was_initialized and not dry_run)
+        if dry_run:
+            return Outcome(plan, None)
+        if not plan:
+            initialize(states, migrations, opts.reporter)
+            return Outcome(plan, None, fresh)
         records = _progress_of(states, plan) if from_start else []
         if records:
             _confirm_discard(records, opts)
         elif not opts.confirm(f"Apply {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
             raise Aborted()
+        if opts.check_space:
+            check_space(Path(db_path), opts.space_multiplier)
+        state = initialize(states, migrations, opts.reporter)
         _backup_first(db, state, plan, opts)
         _discard(states, records, opts)
-        return Outcome(plan, _execute(db, state, plan, opts), not was_initialized)
+        return Outcome(plan, _execute(db, state, plan, opts), fresh)
 
 
 def down(
@@ -200,6 +208,8 @@ def down(
             return Outcome(plan, None)
         if not opts.confirm(f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
             raise Aborted()
+        if opts.check_space:
+            check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
         return Outcome(plan, _execute(db, state, plan, opts))
 
@@ -223,6 +233,8 @@ def rerun(
             return Outcome(plan, None)
         if not opts.confirm(f"Roll back and re-apply {plan.steps[-1].id}?"):
             raise Aborted()
+        if opts.check_space:
+            check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
         return Outcome(plan, _execute(db, state, plan, opts))
 

@@ -16,6 +16,7 @@ from pebble_migrate import store, views
 from pebble_migrate.cursor import RunRecord, ScanCursor, encode_record, show_key
 from pebble_migrate.errors import MigrateError, UsageError
 from pebble_migrate.events import Event
+from pebble_migrate.faults import kill_point
 
 if TYPE_CHECKING:
     from pebble_migrate.migration import Migration
@@ -222,8 +223,6 @@ class MigrationContext:
         fresh = cursor is None
         if cursor is None:
             cursor = self._start_scan(name, start, end)
-        else:
-            self._announce_resume(cursor)
         view = views.open_view(Path(cursor.view), name, self.migration.id)
         try:
             if fresh:
@@ -246,18 +245,6 @@ class MigrationContext:
         cursor = ScanCursor(name=name, start=start, end=end, view=str(path))
         self._record.scans[name] = cursor
         return cursor
-
-    def _announce_resume(self, cursor: ScanCursor) -> None:
-        assert self._run is not None
-        where = show_key(cursor.after) if cursor.after is not None else "its start"
-        self._run.report(
-            Event(
-                "resume",
-                f"resuming {self.migration.id} after {where} ({cursor.count} done)",
-                self.migration.id,
-                {"scan": cursor.name, "after": where, "done": cursor.count},
-            )
-        )
 
     def _walk(self, cursor: ScanCursor, view: rocksdict.Rdict) -> Iterator[tuple[Any, Any]]:
         run = self._run
@@ -322,7 +309,9 @@ class MigrationContext:
         self._record.loose = self._loose
         run.states.stage_put(batch, self._record.key, encode_record(self._record))
         try:
+            kill_point("chunk-before-commit")
             run.states.commit(batch, needed=2 * batch.size_in_bytes())
+            kill_point("chunk-after-commit")
         finally:
             del batch
         self._batch = None

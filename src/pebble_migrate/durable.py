@@ -10,8 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pebble_migrate.faults import kill_point
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+ENV_NO_EXCHANGE = "PEBBLE_MIGRATE_NO_RENAME_EXCHANGE"
+"""Set (to anything but empty) to act as if RENAME_EXCHANGE were unavailable: the crash
+tests use it to exercise the two-renames fallback on kernels that do support it."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,11 +40,16 @@ def fsync_file(path: Path) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temporary file, fsync and rename, so readers see all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        kill_point("json-written")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -55,7 +65,7 @@ def exchange(a: Path, b: Path) -> bool:
     Returns False when the kernel, libc or filesystem does not support it; raises OSError
     for any other failure.
     """
-    renameat2 = _renameat2()
+    renameat2 = None if os.environ.get(ENV_NO_EXCHANGE) else _renameat2()
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)

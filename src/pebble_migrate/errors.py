@@ -287,6 +287,7 @@ class MigrationFailed(MigrateError):
         self.migration_id = migration_id
         self.error = error
         self.details = details
+        self.cause: BaseException | None = None
         super().__init__(f"migration {migration_id} failed: {error}", hint=hint)
 
 
@@ -312,4 +313,5 @@ class MigrationInterrupted(MigrateError):
 
         self.signum = signum
         self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        self.note: str | None = None
         super().__init__(message, hint=hint)

@@ -20,6 +20,7 @@ from pebble_migrate.errors import (
     NotCleanError,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
+from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import Migration
 from pebble_migrate.plan import Plan, Step, version_of
 from pebble_migrate.signals import HardStop, SignalGuard
@@ -162,11 +163,13 @@ class Executor:
         if current is not None:
             total = f" of ~{current.total}" if current.total is not None else ""
             count = f" ({current.count}{total})"
-        return MigrationInterrupted(
+        error = MigrationInterrupted(
             f"interrupted {step.id} {at}{count}",
             signum=signum,
             hint=self._continue_hint(step),
         )
+        error.note = f"interrupted {at}{count}"
+        return error
 
     # --- running ------------------------------------------------------------------
 
@@ -197,7 +200,7 @@ class Executor:
             fn(ctx)
         except MigrationInterrupted as exc:
             ctx.release()
-            self._interrupted(step, started_at, started, str(exc.message))
+            self._interrupted(step, started_at, started, exc.note or exc.message)
             raise
         except HardStop as exc:
             ctx.release()
@@ -225,10 +228,12 @@ class Executor:
     def _begin(self, step: Step, started_at: object, resumed: str | None) -> None:
         status = Status.MIGRATING if step.action == "apply" else Status.ROLLBACK
         progress = self.state.in_progress
-        if progress is not None and progress.id == step.id and self.state.status == status:
-            self.reporter(Event("resume", f"recovering interrupted {step.id}", step.id))
-        elif resumed is not None:
-            self.reporter(Event("resume", f"continuing {step.id} {resumed}", step.id))
+        if resumed is not None:
+            self.reporter(Event("resume", f"resuming {step.id} {resumed}", step.id))
+        elif progress is not None and progress.id == step.id and self.state.status == status:
+            self.reporter(
+                Event("resume", f"restarting interrupted {step.id} from its start", step.id)
+            )
         verb = "applying" if step.action == "apply" else "rolling back"
         self.reporter(
             Event("step_start", f"{verb} {step.id}: {step.migration.description}", step.id)
@@ -278,7 +283,9 @@ class Executor:
             self.states.stage_state(batch, state)
             for action in ("apply", "rollback"):
                 self.states.stage_delete(batch, record_key(step.id, action))
+            kill_point("final-before-commit")
             self.states.commit(batch, needed=2 * batch.size_in_bytes())
+            kill_point("final-after-commit")
         finally:
             del batch
         self.state = state
@@ -304,14 +311,22 @@ class Executor:
             )
         except MigrateError as write_error:
             self.logger.error("could not record the failure of %s: %s", step.id, write_error)
-            if isinstance(exc, MigrateError):
-                return exc
-            return MigrationFailed(step.id, error, hint=str(write_error), details=details)
+            failed = MigrationFailed(
+                step.id,
+                error,
+                hint=f"The failure could not be recorded ({write_error.message}); the status "
+                f"stays `migrating`. {self._failure_hint(step)}",
+                details=details,
+            )
+            failed.cause = exc
+            return failed
         self.reporter(Event("step_failed", f"{step.id} failed: {error}", step.id))
-        if isinstance(exc, MigrateError) and not isinstance(exc, NotCleanError):
-            exc.hint = (exc.hint + "\n" if exc.hint else "") + self._failure_hint(step)
-            return exc
-        return MigrationFailed(step.id, error, hint=self._failure_hint(step), details=details)
+        hint = self._failure_hint(step)
+        if isinstance(exc, MigrateError) and exc.hint:
+            hint = f"{exc.hint}\n{hint}"
+        failed = MigrationFailed(step.id, error, hint=hint, details=details)
+        failed.cause = exc
+        return failed
 
     def _interrupted(self, step: Step, started_at: object, started: float, note: str) -> None:
         record = HistoryRecord(
@@ -400,9 +415,9 @@ def require_clean(state: State, migrations: dict[str, Migration], command: str, 
             + ("(its code is missing)." if migration is None else "(it wrote outside ctx)."),
             hint=_recovery_options(cli),
         )
-    if state.status is Status.ROLLBACK and command == "down":
-        if migration is not None and progress is not None and progress.resumable:
-            return
+    resumable = migration is not None and progress is not None and progress.resumable
+    if state.status is Status.ROLLBACK and command == "down" and resumable:
+        return
     if state.status is Status.DIRTY:
         raise NotCleanError(
             f"the database is dirty: migration {mid} failed: {state.last_error}",

@@ -25,7 +25,7 @@ def parse_id(migration_id: str, source: str | None = None) -> int:
     """Return the version (timestamp) in a migration id, or raise InvalidMigrationId."""
     if not isinstance(migration_id, str):
         raise InvalidMigrationId(repr(migration_id), "an id must be a string", source)
-    match = _ID.match(migration_id)
+    match = _ID.fullmatch(migration_id)
     if match is None:
         raise InvalidMigrationId(
             migration_id,
@@ -35,11 +35,13 @@ def parse_id(migration_id: str, source: str | None = None) -> int:
     digits = match.group(1)
     if digits.startswith("0"):
         raise InvalidMigrationId(migration_id, "the timestamp has a leading zero", source)
-    version = int(digits)
-    if not MIN_VERSION <= version <= MAX_VERSION:
+    # int() refuses over 4300 digits; anything longer than MAX_VERSION is out of range anyway.
+    version = int(digits) if len(digits) <= len(str(MAX_VERSION)) else None
+    if version is None or not MIN_VERSION <= version <= MAX_VERSION:
+        shown = digits if len(digits) <= 20 else f"{digits[:20]}..."
         raise InvalidMigrationId(
             migration_id,
-            f"timestamp {version} is outside {MIN_VERSION}..{MAX_VERSION} (years 2000 to 2100)",
+            f"timestamp {shown} is outside {MIN_VERSION}..{MAX_VERSION} (years 2000 to 2100)",
             source,
         )
     return version
@@ -47,7 +49,7 @@ def parse_id(migration_id: str, source: str | None = None) -> int:
 
 def is_valid_name(name: str) -> bool:
     """Return whether `name` may follow the timestamp in an id."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +79,9 @@ class Migration:
         for name in ("down", "validate"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
-                raise InvalidMigrationId(self.id, f"`{name}` must be a function or None")
+                raise InvalidMigrationId(
+                    self.id, f"`{name}` must be a function or None", self.source
+                )
         if not self.description:
             object.__setattr__(self, "description", self.id.split("_", 1)[1].replace("_", " "))
 

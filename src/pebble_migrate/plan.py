@@ -64,7 +64,7 @@ def order(migrations: Sequence[Migration]) -> list[Migration]:
     waiting = {m.id: set(m.dependencies) for m in migrations}
     dependents: dict[str, list[str]] = {m.id: [] for m in migrations}
     for m in migrations:
-        for dep in m.dependencies:
+        for dep in set(m.dependencies):
             dependents[dep].append(m.id)
     ready = [(m.version, m.id) for m in migrations if not m.dependencies]
     heapq.heapify(ready)
@@ -187,6 +187,7 @@ def plan_rerun(
     migrations: Sequence[Migration], applied: Collection[str], migration_id: str
 ) -> Plan:
     """Return the steps that roll a migration back and apply it again."""
+    migration_id = migration_id.strip()
     match = [m for m in migrations if migration_id in (m.id, str(m.version))]
     if not match:
         raise UnknownTarget(migration_id, [m.id for m in order(migrations)])

@@ -25,7 +25,7 @@ log = logging.getLogger("pebble_migrate")
 
 
 class Registry:
-    """An ordered collection of migrations with unique ids and versions."""
+    """A collection of migrations with unique ids (`check()` also rejects shared versions)."""
 
     def __init__(self, migrations: Iterable[Migration] = ()) -> None:
         self._by_id: dict[str, Migration] = {}
@@ -150,8 +150,14 @@ def _import(path: Path) -> ModuleType:
         raise MigrationLoadError(str(path), "not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.parent.resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so migrations can `import _helpers` kept beside them
     try:
-        spec.loader.exec_module(module)
+        # Compile the source here rather than through the import system: no __pycache__
+        # in the migrations directory, and never a stale .pyc after an edit.
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except SyntaxError as exc:
         del sys.modules[name]
         raise MigrationLoadError(str(path), f"syntax error: {exc.msg}", exc.lineno) from None

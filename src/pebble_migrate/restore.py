@@ -2,16 +2,20 @@
 
 At no instant is the target path missing or half-written: the copy is built and fsynced
 under a staging name, then exchanged with the target in one `renameat2(RENAME_EXCHANGE)`.
-A journal beside the target lets the next command finish or undo a restore killed midway.
+Where that is unavailable, two renames are used, and a journal beside the target lets the
+next command finish or undo a restore killed between them (or anywhere else).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +23,37 @@ from typing import Any
 
 from pebble_migrate import store
 from pebble_migrate.backup import (
+    ARCHIVE_SUFFIX,
     DATA,
     BackupError,
+    BackupFile,
     BackupInfo,
     NotABackup,
     backup_dir_for,
+    disk_error,
     load_backup,
     process_alive,
+    same_filesystem,
     verify_backup,
 )
 from pebble_migrate.durable import copy_durably, exchange, fsync_dir, write_json_atomic
-from pebble_migrate.errors import DatabaseInUse, InsufficientSpace, MigrateError, NotADatabase
+from pebble_migrate.errors import (
+    DatabaseInUse,
+    DatabaseNotFound,
+    InsufficientSpace,
+    MigrateError,
+    NotADatabase,
+)
 from pebble_migrate.faults import kill_point
 from pebble_migrate.state import State, StateStore
 from pebble_migrate.units import utc_now
 
 _IMMUTABLE = (".sst", ".blob")
+_ROCKSDB_NAME = re.compile(
+    r"^(CURRENT|IDENTITY|LOCK|LOG(\.old\..*)?|MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob))$"
+)
+_FLOCK = "hhqqi4x"  # struct flock: type, whence, start, len, pid (and padding)
+_JOURNAL_KEYS = ("target", "staging", "staging_inode", "keep_as", "replacing", "mode")
 
 
 class OtherDatabase(BackupError):
@@ -57,6 +76,16 @@ class RestoreResult:
     kept_as: Path | None
     replaced: bool
     state: State
+    recovered: str | None = None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What is at the target path before the restore."""
+
+    replacing: bool  # a non-empty directory is there
+    state: State | None  # its migration state, when it opens
+    damaged: str | None = None  # why it does not open, when it is a damaged database
 
 
 def resolve(source: str, db_path: str | Path, backup_dir: str | Path | None = None) -> BackupInfo:
@@ -65,9 +94,10 @@ def resolve(source: str, db_path: str | Path, backup_dir: str | Path | None = No
     if path.exists():
         return load_backup(path)
     root = backup_dir_for(db_path, backup_dir)
-    for candidate in (root / source, root / f"{source}.tar.gz"):
-        if candidate.exists():
-            return load_backup(candidate)
+    if "/" not in source and source not in ("", ".", ".."):
+        for candidate in (root / source, root / f"{source}{ARCHIVE_SUFFIX}"):
+            if candidate.exists():
+                return load_backup(candidate)
     raise NotABackup(source, f"no such path, and no backup with that id in {root}")
 
 
@@ -80,44 +110,68 @@ def restore_backup(
     discard_current: bool = False,
     confirm: Callable[[str], bool] = lambda question: True,
 ) -> RestoreResult:
-    """Replace the database at `target` with a verified copy of a backup."""
+    """Replace the database at `target` with a verified copy of a backup.
+
+    Refuses (changing nothing) a backup that is not one or is damaged, a backup of another
+    database unless `other_database`, a target that is a file or in use, and a lack of
+    free space. The replaced database is kept as `<target>.pre-restore-<time>` unless
+    `discard_current`. A path that does not exist is restored into (emergency recovery).
+    """
     dest = Path(target)
-    recover(dest)
+    recovered = recover(dest)
     info = source if isinstance(source, BackupInfo) else resolve(source, dest, backup_dir)
-    current = _check_target(dest)
-    if current is not None and not other_database:
-        _check_same_database(info, current)
+    current = _inspect_target(dest)
+    if current.state is not None and not other_database:
+        _check_same_database(info, current.state)
+    kill_point("restore-checked")
     with _locked(dest):
         if not info.archive:
-            verify_backup(info)
+            verify_backup(info)  # an archive is verified file by file as it is extracted
         kill_point("restore-verified")
-        question = _question(info, dest, current)
-        if not confirm(question):
+        _check_space(info, dest)
+        if not confirm(_question(info, dest, current)):
             from pebble_migrate.commands import Aborted
 
             raise Aborted()
-        _check_space(info, dest)
         staging = _staging_path(dest)
         try:
             _build(info, staging)
             state = _open_check(staging, info)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise disk_error(exc, dest.parent, _needed(info, dest)) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         kept = _swap(staging, dest, discard_current)
-    return RestoreResult(info, dest, kept, current is not None, state)
+    return RestoreResult(info, dest, kept, current.replacing, state, recovered)
 
 
-def _check_target(dest: Path) -> State | None:
-    """Return the target database's state, None if there is no database there yet."""
+def _inspect_target(dest: Path) -> _Target:
+    """Return what the restore would replace; refuse a file or a non-database directory."""
     if dest.exists() and not dest.is_dir():
         raise NotADatabase(str(dest), "it is a file; restore needs a database directory path")
     if not dest.exists() or not any(dest.iterdir()):
-        return None
-    db = store.open_database(dest, read_only=True)
+        return _Target(replacing=False, state=None)
+    try:
+        db = store.open_database(dest, read_only=True)
+    except DatabaseNotFound:
+        return _Target(replacing=False, state=None)
+    except DatabaseInUse:
+        raise
+    except MigrateError as exc:
+        if not any(_ROCKSDB_NAME.match(p.name) for p in dest.iterdir()):
+            raise NotADatabase(
+                str(dest),
+                "it is a directory holding no RocksDB files, and restore replaces only a database",
+            ) from None
+        # A damaged database is what a restore is for: it is replaced (and kept aside).
+        return _Target(replacing=True, state=None, damaged=exc.message)
     try:
         with StateStore(db, str(dest)) as states:
-            return states.read()
+            return _Target(replacing=True, state=states.read())
+    except MigrateError as exc:
+        return _Target(replacing=True, state=None, damaged=exc.message)
     finally:
         db.close()
 
@@ -127,50 +181,92 @@ def _check_same_database(info: BackupInfo, current: State) -> None:
         raise OtherDatabase(info.id, info.database_id, current.database_id)
 
 
-def _question(info: BackupInfo, dest: Path, current: State | None) -> str:
+def _question(info: BackupInfo, dest: Path, current: _Target) -> str:
     what = f"backup {info.id} (version {info.version}, {info.status})"
-    if current is None:
+    if not current.replacing:
         return f"Restore {what} into {dest}?"
+    if current.state is None:
+        return f"Replace the damaged database at {dest} ({current.damaged}) with {what}?"
     return (
-        f"Replace the database at {dest} (version {current.current_version}, "
-        f"{current.status.value}) with {what}?"
+        f"Replace the database at {dest} (version {current.state.current_version}, "
+        f"{current.state.status.value}) with {what}?"
     )
+
+
+# --- the database lock --------------------------------------------------------------
+
+# File descriptors on a LOCK that this very process holds through RocksDB. Closing any
+# descriptor of a file drops every POSIX lock the process has on it, so they stay open.
+_KEEP_OPEN: list[int] = []
 
 
 @contextlib.contextmanager
 def _locked(dest: Path) -> Iterator[None]:
-    """Hold the target's RocksDB LOCK so no process opens it during the swap."""
+    """Hold the target's RocksDB LOCK so no process opens it during the build and swap."""
     lock = dest / "LOCK"
-    if not lock.exists():
+    if not lock.is_file():
         yield
         return
     fd = os.open(lock, os.O_RDWR)
     try:
+        holder = _try_lock(fd)
+        if holder is not None:
+            if holder == os.getpid():
+                _KEEP_OPEN.append(fd)
+                fd = -1
+            raise DatabaseInUse(str(dest))
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _try_lock(fd: int) -> int | None:
+    """Take an exclusive lock on the whole file; return None, or the holder's pid (0 if
+    unknown) when another lock is in the way.
+
+    Open-file-description locks conflict with RocksDB's POSIX lock even when this same
+    process holds it, which a plain lockf would silently share.
+    """
+    ofd_set = getattr(fcntl, "F_OFD_SETLK", None)
+    ofd_get = getattr(fcntl, "F_OFD_GETLK", None)
+    if ofd_set is None or ofd_get is None:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise DatabaseInUse(str(dest)) from None
-        yield
-    finally:
-        os.close(fd)
+            return 0
+        return None
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        fcntl.fcntl(fd, ofd_set, request)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        probe = fcntl.fcntl(fd, ofd_get, request)
+        kind, _, _, _, pid = struct.unpack(_FLOCK, probe)
+        return 0 if kind == fcntl.F_UNLCK or pid < 0 else pid
+    return None
+
+
+# --- building the copy --------------------------------------------------------------
+
+
+def _to_copy(info: BackupInfo, dest: Path) -> list[BackupFile]:
+    """The files a restore writes anew (table files on the same filesystem are linked)."""
+    if info.archive or not same_filesystem(info.path, dest.parent):
+        return list(info.files)
+    return [f for f in info.files if not f.name.endswith(_IMMUTABLE)]
+
+
+def _needed(info: BackupInfo, dest: Path) -> int:
+    return sum(f.size for f in _to_copy(info, dest)) + 1024 * 1024
 
 
 def _check_space(info: BackupInfo, dest: Path) -> None:
-    needed = sum(f.size for f in _to_copy(info, dest))
+    needed = _needed(info, dest)
     free = store.free_space(dest.parent)
     if free is not None and free < needed:
         raise InsufficientSpace(str(dest.parent), free, needed, f"restoring backup {info.id}")
-
-
-def _same_device(info: BackupInfo, dest: Path) -> bool:
-    parent = dest.parent if dest.parent.exists() else Path.cwd()
-    return not info.archive and (info.path / DATA).stat().st_dev == parent.stat().st_dev
-
-
-def _to_copy(info: BackupInfo, dest: Path) -> list[Any]:
-    if not _same_device(info, dest):
-        return list(info.files)
-    return [f for f in info.files if not f.name.endswith(_IMMUTABLE)]
 
 
 def _staging_path(dest: Path) -> Path:
@@ -190,10 +286,9 @@ def _build(info: BackupInfo, staging: Path) -> None:
         from pebble_migrate.archive import extract_archive
 
         extract_archive(info, staging)
-        verify_backup(info, data_dir=staging)
     else:
         staging.mkdir()
-        link = _same_device(info, staging)
+        link = same_filesystem(info.path, staging)
         for f in info.files:
             source, target = info.path / DATA / f.name, staging / f.name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +298,7 @@ def _build(info: BackupInfo, staging: Path) -> None:
                 copy_durably(source, target)
             kill_point("restore-file")
     fsync_dir(staging)
+    fsync_dir(staging.parent)
     kill_point("restore-built")
 
 
@@ -223,6 +319,9 @@ def _open_check(staging: Path, info: BackupInfo) -> State:
     return state
 
 
+# --- the swap -----------------------------------------------------------------------
+
+
 def _keep_name(dest: Path) -> Path:
     stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
     candidate, n = dest.parent / f"{dest.name}.pre-restore-{stamp}", 1
@@ -232,36 +331,59 @@ def _keep_name(dest: Path) -> Path:
     return candidate
 
 
+def _moved_aside(record: dict[str, Any]) -> Path:
+    """Where the two-renames fallback moves the replaced database first."""
+    keep = record["keep_as"]
+    return Path(keep) if keep is not None else Path(record["staging"] + "-old")
+
+
 def _swap(staging: Path, dest: Path, discard: bool) -> Path | None:
     """Put the staged copy at `dest`; return where the replaced database was kept."""
     journal = _journal_path(dest)
-    replacing = dest.exists()
+    # An empty directory is replaced by the plain rename (which is atomic over it).
+    replacing = dest.exists() and any(dest.iterdir())
     keep = None if discard or not replacing else _keep_name(dest)
-    record = {
+    record: dict[str, Any] = {
         "target": str(dest),
         "staging": str(staging),
         "staging_inode": staging.stat().st_ino,
         "keep_as": None if keep is None else str(keep),
         "replacing": replacing,
         "mode": "exchange",
+        "pid": os.getpid(),
     }
-    write_json_atomic(journal, record)
-    kill_point("restore-journal")
-    if not replacing:
-        staging.rename(dest)
-    elif exchange(staging, dest):
-        kill_point("restore-swapped")
-    else:
-        # No RENAME_EXCHANGE here: two renames, with the journal to finish or undo them.
-        record["mode"] = "rename"
+    try:
         write_json_atomic(journal, record)
-        dest.rename(keep or staging.with_name(staging.name + "-old"))
-        kill_point("restore-moved-away")
-        staging.rename(dest)
-    fsync_dir(dest.parent)
-    kill_point("restore-in-place")
-    _settle(record)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    kill_point("restore-journal")
+    try:
+        if not replacing:
+            staging.rename(dest)
+        elif exchange(staging, dest):
+            kill_point("restore-swapped")
+        else:
+            # No RENAME_EXCHANGE here: two renames, with the journal to finish or undo them.
+            record["mode"] = "rename"
+            write_json_atomic(journal, record)
+            kill_point("restore-journal-rename")
+            dest.rename(_moved_aside(record))
+            kill_point("restore-moved-away")
+            staging.rename(dest)
+        fsync_dir(dest.parent)
+        kill_point("restore-in-place")
+        _settle(record)
+        kill_point("restore-settled")
+    except Exception:
+        # Leave the target as it was or as restored, never in between.
+        with contextlib.suppress(Exception):
+            _recover(dest, record)
+            journal.unlink(missing_ok=True)
+            fsync_dir(dest.parent)
+        raise
     journal.unlink()
+    kill_point("restore-journal-removed")
     fsync_dir(dest.parent)
     return keep
 
@@ -269,40 +391,78 @@ def _swap(staging: Path, dest: Path, discard: bool) -> Path | None:
 def _settle(record: dict[str, Any]) -> None:
     """After the new copy is in place, keep or discard the replaced database."""
     staging = Path(record["staging"])
-    old = staging if record["mode"] == "exchange" else staging.with_name(staging.name + "-old")
+    old = staging if record["mode"] == "exchange" else _moved_aside(record)
     keep = record["keep_as"]
-    if not old.exists() or (keep is not None and Path(keep).exists() and old == Path(keep)):
+    if not old.exists() or not record["replacing"]:
         return
     if keep is None:
         shutil.rmtree(old)
-    else:
+    elif old != Path(keep):
         old.rename(keep)
         kill_point("restore-kept")
+    fsync_dir(old.parent)
+
+
+# --- recovery -----------------------------------------------------------------------
 
 
 def recover(dest: Path) -> str | None:
-    """Finish or undo a restore that was killed; return what was done, or None."""
+    """Finish or undo a restore into `dest` that was killed; return what was done, or None.
+
+    Every command that opens `dest` may call it first. It refuses (BackupError) while the
+    restore that wrote the journal is still running.
+    """
+    dest = Path(dest)
     journal = _journal_path(dest)
     message = None
     if journal.exists():
-        try:
-            record = json.loads(journal.read_text())
-        except (OSError, ValueError):
-            record = None
-        if record is not None:
-            message = _recover(dest, record)
+        record = _read_journal(journal, dest)
+        pid = record.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
+            raise BackupError(
+                f"a restore into {dest} is running (process {pid}).",
+                hint="Wait for it to finish, then try again; nothing was changed.",
+            )
+        message = _recover(dest, record)
         journal.unlink(missing_ok=True)
         fsync_dir(journal.parent)
-    for orphan in dest.parent.glob(f".{dest.name}.restore-*"):
-        pid = orphan.name.rsplit("-", 1)[-1]
-        if (
-            orphan.is_dir()
-            and pid.isdigit()
-            and int(pid) != os.getpid()
-            and not process_alive(int(pid))
-        ):
-            shutil.rmtree(orphan, ignore_errors=True)
+    _sweep_orphans(dest)
     return message
+
+
+def _read_journal(journal: Path, dest: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(journal.read_text())
+        if not isinstance(record, dict) or any(k not in record for k in _JOURNAL_KEYS):
+            raise ValueError("fields are missing")
+    except (OSError, ValueError) as exc:
+        raise BackupError(
+            f"the restore journal {journal} is unreadable ({exc}).",
+            hint=f"An interrupted restore left it; nothing was changed. Check by hand which of "
+            f"{dest} and the .{dest.name}.restore-* directories beside it holds the database "
+            "you want, then delete the journal.",
+        ) from None
+    return record
+
+
+def _sweep_orphans(dest: Path) -> None:
+    """Remove staging copies and journal temp files left by dead restore processes."""
+    if not dest.parent.is_dir():
+        return
+    name = re.escape(dest.name)
+    staging = re.compile(rf"^\.{name}\.restore-(\d+)(-old)?$")
+    temp = re.compile(rf"^\.\.{name}\.restore-journal\.json\.(\d+)\.tmp$")
+    for item in dest.parent.iterdir():
+        match = staging.match(item.name) or temp.match(item.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and process_alive(pid):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
 
 
 def _recover(dest: Path, record: dict[str, Any]) -> str:
@@ -310,15 +470,18 @@ def _recover(dest: Path, record: dict[str, Any]) -> str:
     swapped = dest.exists() and dest.stat().st_ino == record["staging_inode"]
     if swapped:
         _settle(record)
+        fsync_dir(dest.parent)
         return f"finished an interrupted restore into {dest}"
     if not dest.exists() and record["replacing"]:
-        moved = Path(record["keep_as"] or staging.with_name(staging.name + "-old"))
+        moved = _moved_aside(record)
         if moved.exists():
             moved.rename(dest)  # undo: the old database goes back
+            fsync_dir(dest.parent)
             shutil.rmtree(staging, ignore_errors=True)
             return f"undid an interrupted restore; {dest} is the database it was before"
         if staging.exists():
             staging.rename(dest)
+            fsync_dir(dest.parent)
             return f"finished an interrupted restore into {dest}"
     shutil.rmtree(staging, ignore_errors=True)
     return f"cleaned up an interrupted restore; {dest} is unchanged"

@@ -12,10 +12,11 @@ import rocksdict
 from pebble_migrate import plan as planner
 from pebble_migrate import store
 from pebble_migrate.context import ChunkPolicy
-from pebble_migrate.errors import InsufficientSpace, MigrationInterrupted, PendingMigrations
+from pebble_migrate.errors import MigrationInterrupted, PendingMigrations
 from pebble_migrate.events import log_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean
 from pebble_migrate.registry import Registry, default_registry
+from pebble_migrate.space import check_space
 from pebble_migrate.state import StateStore
 
 log = logging.getLogger("pebble_migrate")
@@ -57,27 +58,30 @@ def check_and_run_startup_migrations(
     migrations = opts.registry.ordered()
     states = StateStore(db, str(db_path))
     try:
-        state = initialize(states, migrations, reporter)
+        state = states.read()
+        if not state.initialized and store.is_empty(db, str(db_path)):
+            initialize(states, migrations, reporter)  # stamped: nothing to run
+            return None
         require_clean(state, {m.id: m for m in migrations}, "startup", opts.cli_name)
         plan = planner.plan_up(migrations, state.applied)
         if not plan:
+            initialize(states, migrations, reporter)
             opts.logger.info("database is up to date at version %d", state.current_version)
             return None
         if not opts.run_migrations:
             raise PendingMigrations(plan.ids, opts.cli_name)
         if opts.check_disk_space:
-            _check_space(Path(db_path), opts.database_size_multiplier)
+            check_space(Path(db_path), opts.database_size_multiplier)
+        initialize(states, migrations, reporter)
         if opts.backup_enabled:
-            _backup(db, db_path, state, plan, opts)
+            _backup(db, db_path, plan, opts)
     finally:
         states.release()
         del states
-    return _run(db, plan, opts, reporter)
+    return _run(db, plan, opts)
 
 
-def _run(
-    db: rocksdict.Rdict, plan: planner.Plan, opts: StartupOptions, reporter: object
-) -> RunReport:
+def _run(db: rocksdict.Rdict, plan: planner.Plan, opts: StartupOptions) -> RunReport:
     executor = Executor(
         db,
         reporter=log_reporter(opts.logger),
@@ -105,18 +109,9 @@ def _redeliver(signum: int, executor: Executor) -> None:
     signal.raise_signal(signum)
 
 
-def _check_space(db_path: Path, multiplier: float) -> None:
-    size = store.directory_size(db_path)
-    needed = int(size * multiplier)
-    free = store.free_space(db_path)
-    if free is not None and free < needed:
-        raise InsufficientSpace(str(db_path), free, needed, "the migrations")
-
-
 def _backup(
     db: rocksdict.Rdict,
     db_path: str | Path,
-    state: object,
     plan: planner.Plan,
     opts: StartupOptions,
 ) -> None:

@@ -10,7 +10,7 @@ import click
 
 from pebble_migrate.cli.options import global_options, settings
 from pebble_migrate.cli.render import Renderer
-from pebble_migrate.errors import MigrateError
+from pebble_migrate.errors import EXIT_SIGINT, MigrateError
 
 
 class _Group(click.Group):
@@ -52,8 +52,16 @@ def _configure_logging() -> None:
 
 def main() -> None:
     """Run the CLI (console script entry point)."""
-
-    cli.main(prog_name="pebble-migrate")
+    try:
+        code = cli.main(prog_name="pebble-migrate", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        # A signal outside a migration run (which handles its own): nothing was half-done.
+        sys.stderr.write("Error: interrupted.\n")
+        sys.exit(EXIT_SIGINT)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 from pebble_migrate.cli import backup, inspect, maintain, migrate  # noqa: E402, F401

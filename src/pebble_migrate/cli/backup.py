@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
 
 import click
 import rocksdict
@@ -13,7 +17,13 @@ from pebble_migrate import backup as backups
 from pebble_migrate import restore as restoring
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
-from pebble_migrate.cli.options import Settings, confirmer, global_options, settings
+from pebble_migrate.cli.options import (
+    ENV_DATABASE,
+    Settings,
+    confirmer,
+    global_options,
+    settings,
+)
 from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import UsageError
 from pebble_migrate.events import Event
@@ -35,10 +45,11 @@ def backup() -> None:
 def create_cmd(description: str, compress: bool) -> None:
     """Back up the database now (it must not be open in another process)."""
     s = settings()
+    out = renderer(s)
+    _recover(s, out)
     info = backups.create_backup(
         s.database_path(), backup_dir=s.backups(), description=description, compress=compress
     )
-    out = renderer(s)
     if out.json:
         out.emit({"backup": info.summary()})
     else:
@@ -53,7 +64,9 @@ def list_cmd() -> None:
     found = backups.list_backups(s.database_path(), backup_dir=s.backups())
     out = renderer(s)
     if out.json:
-        out.emit({"backups": [b.summary() for b in found]})
+        # A plain JSON list, one object per backup (an empty list when there are none).
+        sys.stdout.write(json.dumps([b.summary() for b in found], sort_keys=True) + "\n")
+        sys.stdout.flush()
         return
     if not found:
         where = backups.backup_dir_for(s.database_path(), s.backups())
@@ -81,11 +94,16 @@ def list_cmd() -> None:
 def verify_cmd(source: str) -> None:
     """Check that a backup's files match their recorded sizes and checksums."""
     s = settings()
-    db_path = s.database or s.project.database or "."
-    info = restoring.resolve(source, db_path, s.backups())
+    db_path = s.database or os.environ.get(ENV_DATABASE) or s.project.database
+    if db_path is None and s.backups() is None and not Path(source).exists():
+        s.database_path()  # raises the usual "no database given" error
+    info = restoring.resolve(source, db_path or "", s.backups())
     if info.archive:
-        raise UsageError("verify reads backup directories; an archive is verified on restore.")
-    backups.verify_backup(info)
+        from pebble_migrate.archive import verify_archive
+
+        verify_archive(info)
+    else:
+        backups.verify_backup(info)
     out = renderer(s)
     if out.json:
         out.emit({"verified": info.summary()})
@@ -140,6 +158,8 @@ def restore_cmd(
     )
     if result.kept_as is not None:
         out.say(f"The replaced database is kept at {escape(str(result.kept_as))}.")
+    if result.recovered is not None:
+        out.note(f"First {escape(result.recovered)}.")
 
 
 def _target(s: Settings, target: str | None) -> str:
@@ -171,6 +191,9 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
         age = parse_age(older_than) if older_than is not None else None
     except ValueError as exc:
         raise UsageError(f"--older-than: {exc}.") from None
+    out = renderer(s)
+    if not s.dry_run:
+        _recover(s, out)
     result = backups.cleanup_backups(
         s.database_path(),
         backup_dir=s.backups(),
@@ -179,7 +202,6 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
         force=force,
         dry_run=s.dry_run,
     )
-    out = renderer(s)
     if out.json:
         out.emit(
             {
@@ -202,6 +224,7 @@ def take_automatic_backup(
 ) -> None:
     """Take the backup that precedes the first write of up/down/rerun; apply retention."""
     db_path = s.database_path()
+    retention = _retention(s)  # a bad setting stops the run before the backup, too
     info = backups.create_backup_of_open(
         db,
         db_path,
@@ -217,7 +240,6 @@ def take_automatic_backup(
             {"id": info.id, "path": str(info.path)},
         )
     )
-    retention = _retention(s)
     if retention is not None:
         keep, age = retention
         removed = backups.apply_retention(
@@ -231,7 +253,14 @@ def take_automatic_backup(
             out.event(Event("backup", f"retention removed backup {b.id}", None, {"id": b.id}))
 
 
-def _retention(s: Settings) -> tuple[int | None, Any] | None:
+def _recover(s: Settings, out: Renderer) -> None:
+    """Finish or undo a restore into the database that was killed midway."""
+    message = restoring.recover(Path(s.database_path()))
+    if message is not None:
+        out.note(escape(message[0].upper() + message[1:]) + ".")
+
+
+def _retention(s: Settings) -> tuple[int | None, timedelta | None] | None:
     keep, older = s.project.backup_keep, s.project.backup_older_than
     if keep is None and older is None:
         return None

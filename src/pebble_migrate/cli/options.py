@@ -74,19 +74,14 @@ class Settings:
 
 def settings() -> Settings:
     """Return the Settings of the running command."""
-    ctx = click.get_current_context()
-    obj = ctx.find_object(Settings)
-    if obj is None:
-        obj = ctx.ensure_object(Settings)
-    return obj
+    return click.get_current_context().find_root().ensure_object(Settings)
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value is None or value is False:
             return
-        obj = ctx.find_object(Settings) or ctx.ensure_object(Settings)
-        setattr(obj, name, value)
+        setattr(ctx.find_root().ensure_object(Settings), name, value)
 
     return callback
 

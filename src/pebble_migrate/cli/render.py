@@ -35,7 +35,7 @@ from pebble_migrate.units import format_duration, format_time, version_time
 LOG_EVERY_S = 5.0
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value reads best
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime):
