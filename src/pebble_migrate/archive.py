@@ -84,7 +84,8 @@ def _members(info: BackupInfo) -> Generator[tuple[str, IO[bytes]], None, None]:
                 if member.name == META:
                     continue
                 name = PurePosixPath(member.name)
-                if not member.isfile() or name.parts[0] != DATA or ".." in name.parts:
+                parts = name.parts
+                if not member.isfile() or len(parts) < 2 or parts[0] != DATA or ".." in parts:
                     raise NotABackup(str(info.path), f"unexpected entry {member.name!r}")
                 source = tar.extractfile(member)
                 if source is None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import rocksdict
 
 from pebble_migrate import store, views
+from pebble_migrate.counting import KeyCount
 from pebble_migrate.cursor import RunRecord, ScanCursor, encode_record, show_key
 from pebble_migrate.errors import MigrateError, UsageError
 from pebble_migrate.events import Event
@@ -20,12 +21,12 @@ from pebble_migrate.faults import kill_point
 
 if TYPE_CHECKING:
     from pebble_migrate.migration import Migration
+    from pebble_migrate.signals import SignalGuard
     from pebble_migrate.state import StateStore
 
 _DELETED = object()
 _NONE = object()
 _SCAN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-EXACT_COUNT_LIMIT = 2_000_000
 PROGRESS_EVERY_S = 0.25
 
 
@@ -43,6 +44,7 @@ class Run(Protocol):
     states: StateStore
     db_path: str
     policy: ChunkPolicy
+    guard: SignalGuard
 
     def interrupted(self) -> int:
         """Return the first signal received (0 if none)."""
@@ -89,21 +91,28 @@ class MigrationContext:
         self._scans: list[Generator[tuple[Any, Any], None, None]] = []
         self._direct = False
         self._last_progress = 0.0
+        self._counter: KeyCount | None = None
 
     # --- writes ----------------------------------------------------------------
 
     def put(self, key: Any, value: Any) -> None:
         """Stage `key = value`; committed with the next chunk or with the migration."""
-        if self._scanning == 0 and self._skip_replayed():
+        if self._scanning:
+            self._batch.put(key, value)  # type: ignore[union-attr]
+        elif self._skip_replayed():
             return
-        self._writable().put(key, value)
+        else:
+            self._writable().put(key, value)
         self._pending[key] = value
 
     def delete(self, key: Any) -> None:
         """Stage the removal of `key`; committed like `put`."""
-        if self._scanning == 0 and self._skip_replayed():
+        if self._scanning:
+            self._batch.delete(key)  # type: ignore[union-attr]
+        elif self._skip_replayed():
             return
-        self._writable().delete(key)
+        else:
+            self._writable().delete(key)
         self._pending[key] = _DELETED
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -191,11 +200,13 @@ class MigrationContext:
                 "give each scan its own name= so each can resume."
             )
         self._used_names.add(name)
-        scan = (
-            self._snapshot_scan(start, end)
-            if self._run is None
-            else self._resumable_scan(name, start, end)
-        )
+        if self._run is None:
+            scan = self._snapshot_scan(start, end)
+        else:
+            cursor = self._prepare_scan(name, start, end)
+            if cursor is None:
+                return iter(())
+            scan = self._walk(cursor)
         self._scans.append(scan)
         return scan
 
@@ -206,11 +217,8 @@ class MigrationContext:
         finally:
             del snapshot
 
-    def _resumable_scan(
-        self, name: str, start: Any, end: Any
-    ) -> Generator[tuple[Any, Any], None, None]:
-        run = self._run
-        assert run is not None
+    def _prepare_scan(self, name: str, start: Any, end: Any) -> ScanCursor | None:
+        """Return the cursor to walk (new or resumed), or None if the scan already finished."""
         cursor = self._record.scans.get(name)
         if cursor is not None and (cursor.start, cursor.end) != (start, end):
             raise UsageError(
@@ -219,18 +227,8 @@ class MigrationContext:
                 hint="Run `pebble-migrate up --from-start` to start the migration over.",
             )
         if cursor is not None and cursor.done:
-            return
-        fresh = cursor is None
-        if cursor is None:
-            cursor = self._start_scan(name, start, end)
-        view = views.open_view(Path(cursor.view), name, self.migration.id)
-        try:
-            if fresh:
-                cursor.total = _estimate(view, start, end)
-            yield from self._walk(cursor, view)
-        finally:
-            view.close()
-            del view
+            return None
+        return cursor if cursor is not None else self._start_scan(name, start, end)
 
     def _start_scan(self, name: str, start: Any, end: Any) -> ScanCursor:
         run = self._run
@@ -246,54 +244,85 @@ class MigrationContext:
         self._record.scans[name] = cursor
         return cursor
 
-    def _walk(self, cursor: ScanCursor, view: rocksdict.Rdict) -> Iterator[tuple[Any, Any]]:
+    def _walk(self, cursor: ScanCursor) -> Generator[tuple[Any, Any], None, None]:
+        # The hot loop. Per key: a bounds test (none in raw mode, where RocksDB bounds the
+        # iterator), one identity test, a counter and one comparison. The signal flag, the
+        # record count and the batch size are looked at together once `since` reaches
+        # `check`, which moves in steps of 64 keys, or at once when a signal arrived.
         run = self._run
         assert run is not None
+        guard = run.guard
         records, size = run.policy.records, run.policy.bytes
-        skip = cursor.after
-        begin = cursor.start if skip is None else skip
+        after = cursor.after
+        view = views.open_view(Path(cursor.view), cursor.name, self.migration.id)
+        counter = self._count(cursor, view)
+        items, end = _range_items(
+            view, cursor.start if after is None else after, cursor.end, raw=run.states.raw
+        )
+        if self._batch is None:
+            self._batch = run.states.batch()
         prev: Any = _NONE
-        since = 0
+        done, since, check = cursor.count, 0, min(64, records)
         self._scanning += 1
         try:
-            for key, value in store.checked_items(view, cursor.view, start=begin, end=cursor.end):
-                if skip is not None:
-                    skip = None
-                    if key == cursor.after:
-                        continue
-                if prev is not _NONE:
-                    cursor.after = prev
-                    cursor.count += 1
-                    since += 1
-                    if run.interrupted():
-                        self._commit()
-                        raise run.stop(self._record, f"at {show_key(prev)}")
-                    if since >= records or (
-                        self._batch is not None and self._batch.size_in_bytes() >= size
-                    ):
-                        self._commit()
-                        since = 0
-                        self._maybe_progress(cursor)
-                prev = key
-                yield key, value
+            try:
+                for key, value in items:
+                    if end is not None and not key < end:
+                        break
+                    if prev is not _NONE:
+                        since += 1
+                        if since >= check or guard.first:
+                            if (
+                                guard.first
+                                or since >= records
+                                or self._batch.size_in_bytes() >= size
+                            ):
+                                done, since = done + since, 0
+                                cursor.after, cursor.count = prev, done
+                                self._commit()
+                                if guard.first:
+                                    raise run.stop(self._record, f"at {show_key(prev)}")
+                                self._maybe_progress(cursor)
+                            check = min(since + 64, records)
+                    elif after is not None and key == after:
+                        continue  # processed and committed by the run that stopped
+                    prev = key
+                    yield key, value
+            except TypeError:
+                pass  # pickle mode: keys of another type sort after this range
+            last = prev if prev is not _NONE else after
+            store.verify_scan_end(view, cursor.view, last, cursor.start, cursor.end)
         except GeneratorExit:
             # The loop was left early (break): the last key handed out counts as processed;
             # its writes go with the next commit. After a failure nothing is committed.
             if prev is not _NONE:
-                cursor.after = prev
-                cursor.count += 1
+                cursor.after, cursor.count = prev, done + since + 1
             cursor.done = True
             raise
         finally:
             self._scanning -= 1
+            del items
+            if counter is not None:
+                counter.close()
+            view.close()
         if prev is not _NONE:
-            cursor.after = prev
-            cursor.count += 1
+            cursor.after, cursor.count = prev, done + since + 1
         cursor.done = True
         self._commit()
         self._maybe_progress(cursor, force=True)
 
+    def _count(self, cursor: ScanCursor, view: rocksdict.Rdict) -> KeyCount | None:
+        """Start counting the keys of a new scan, for progress totals."""
+        if cursor.after is not None or cursor.count:
+            return None
+        counter = KeyCount.start(view, cursor.view, cursor.start, cursor.end)
+        cursor.total = counter.total
+        self._counter = counter
+        return counter
+
     def _maybe_progress(self, cursor: ScanCursor, force: bool = False) -> None:
+        if cursor.total is None and self._counter is not None:
+            cursor.total = self._counter.poll()
         now = time.monotonic()
         if force or now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
@@ -314,7 +343,7 @@ class MigrationContext:
             kill_point("chunk-after-commit")
         finally:
             del batch
-        self._batch = None
+        self._batch = run.states.batch() if self._scanning else None
         self._pending.clear()
 
     def take_batch(self) -> rocksdict.WriteBatch:
@@ -350,23 +379,22 @@ class MigrationContext:
         self._rdict = None  # type: ignore[assignment]
 
 
-def _estimate(db: rocksdict.Rdict, start: Any, end: Any) -> int | None:
-    """Return the number of keys in range: exact when cheap, RocksDB's estimate otherwise."""
-    estimate = db.property_int_value("rocksdb.estimate-num-keys")
-    if estimate is not None and estimate > EXACT_COUNT_LIMIT:
-        return estimate if start is None and end is None else None
-    count = 0
-    keys = db.keys(from_key=start) if start is not None else db.keys()
-    try:
-        for key in keys:
-            if end is not None and not key < end:
-                break
-            count += 1
-    except TypeError:
-        pass  # pickle mode: keys of another type sort after this range
-    finally:
-        del keys
-    return count
+def _range_items(view: rocksdict.Rdict, begin: Any, end: Any, *, raw: bool) -> tuple[Any, Any]:
+    """Return an items() walk from `begin`, and the end bound left for Python to test.
+
+    In raw mode RocksDB stops at `end` itself (an upper bound on the iterator); rocksdict
+    does not encode bounds in pickle mode, so there the loop compares keys.
+    """
+    if raw and end is not None:
+        bounded = rocksdict.ReadOptions()
+        bounded.set_iterate_upper_bound(end)
+        items = (
+            view.items(from_key=begin, read_opt=bounded)
+            if begin is not None
+            else (view.items(read_opt=bounded))
+        )
+        return items, None
+    return (view.items() if begin is None else view.items(from_key=begin)), end
 
 
 class TrackedDb:

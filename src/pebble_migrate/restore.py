@@ -125,10 +125,10 @@ def restore_backup(
         _check_same_database(info, current.state)
     kill_point("restore-checked")
     with _locked(dest):
+        _check_space(info, dest)
         if not info.archive:
             verify_backup(info)  # an archive is verified file by file as it is extracted
         kill_point("restore-verified")
-        _check_space(info, dest)
         if not confirm(_question(info, dest, current)):
             from pebble_migrate.commands import Aborted
 
@@ -292,14 +292,24 @@ def _build(info: BackupInfo, staging: Path) -> None:
         for f in info.files:
             source, target = info.path / DATA / f.name, staging / f.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            if link and f.name.endswith(_IMMUTABLE):
-                os.link(source, target)
-            else:
+            if not (link and f.name.endswith(_IMMUTABLE) and _linked(source, target)):
                 copy_durably(source, target)
             kill_point("restore-file")
     fsync_dir(staging)
     fsync_dir(staging.parent)
     kill_point("restore-built")
+
+
+def _linked(source: Path, target: Path) -> bool:
+    """Hard-link a table file (RocksDB never changes one); False where links are refused
+    (another owner's file under protected_hardlinks, a filesystem without links)."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return False
+    return True
 
 
 def _open_check(staging: Path, info: BackupInfo) -> State:

@@ -167,10 +167,12 @@ def checked_items(
         pass  # pickle mode: keys of another type sort after this range
     finally:
         del items
-    _verify_reached_end(source, where, last if seen else None, start, end)
+    verify_scan_end(source, where, last if seen else None, start, end)
 
 
-def _verify_reached_end(source: Any, where: str, last: Any, start: Any, end: Any) -> None:
+def verify_scan_end(source: Any, where: str, last: Any, start: Any, end: Any) -> None:
+    """Raise CorruptionError unless `last` is the real last key of [start, end) in `source`
+    (None: the range is empty). RocksDB's items() stops early, silently, on a bad block."""
     it = source.iter()
     try:
         true_last = _last_key_before(it, start, end)

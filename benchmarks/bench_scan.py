@@ -1,0 +1,175 @@
+"""ctx.scan + ctx.put against the loop people write by hand, and memory against size.
+
+    python benchmarks/bench_scan.py --quick          # 100k keys
+    python benchmarks/bench_scan.py                  # 500k keys (the issue's comparison)
+    python benchmarks/bench_scan.py --memory 100000,10000000
+
+Speed: the same transform (append a byte to every value under a prefix) three ways on
+identical copies of one database, best of --repeat runs each:
+  hand      items() + WriteBatch, a synced write every 10,000 keys (no resume, no checks)
+  hand+iter the same with an iterator and a status() check at the end (what is correct)
+  scan      a pebble-migrate migration: ctx.scan + ctx.put, chunked, resumable
+Memory: peak RSS of a child process running the scan migration over N keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import rocksdict
+
+import pebble_migrate as pm
+from pebble_migrate.commands import RunOptions
+
+VALUE = b"x" * 100
+
+
+def load(path: Path, keys: int) -> None:
+    """Create a raw-mode database with `keys` keys under user: and flush it."""
+    db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True))
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for i in range(keys):
+        batch.put(b"user:%010d" % i, VALUE)
+        if len(batch) >= 100_000:
+            db.write(batch)
+            batch = rocksdict.WriteBatch(raw_mode=True)
+    db.write(batch)
+    del batch
+    db.flush()
+    db.close()
+
+
+def hand(path: Path, *, checked: bool) -> None:
+    """The loop an engineer writes by hand."""
+    db = rocksdict.Rdict(str(path))
+    sync = rocksdict.WriteOptions()
+    sync.sync = True
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    if checked:
+        it = db.iter()
+        it.seek(b"user:")
+        while it.valid():
+            key = it.key()
+            if not key.startswith(b"user:"):
+                break
+            batch.put(key, it.value() + b"+")
+            if len(batch) >= 10_000:
+                db.write(batch, sync)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+            it.next()
+        it.status()
+        del it
+    else:
+        for key, value in db.items(from_key=b"user:"):
+            if not key.startswith(b"user:"):
+                break
+            batch.put(key, value + b"+")
+            if len(batch) >= 10_000:
+                db.write(batch, sync)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+    db.write(batch, sync)
+    del batch
+    db.close()
+
+
+def up(ctx: pm.MigrationContext) -> None:
+    """The same transform as a migration."""
+    for key, value in ctx.scan(prefix=b"user:"):
+        ctx.put(key, value + b"+")
+
+
+def scan(path: Path) -> None:
+    """Run the transform through pebble-migrate."""
+    registry = pm.Registry([pm.Migration(id="1700000000_append", up=up)])
+    pm.up(path, registry, options=RunOptions(handle_signals=False, check_space=False))
+
+
+def timed(fn: object, source: Path, work: Path, repeat: int) -> float:
+    """Return the best time of `fn` over fresh copies of `source`."""
+    best = float("inf")
+    for n in range(repeat):
+        copy = work / f"copy{n}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(source, copy)
+        start = time.perf_counter()
+        fn(copy)  # type: ignore[operator]
+        best = min(best, time.perf_counter() - start)
+        shutil.rmtree(copy)
+    return best
+
+
+def speed(keys: int, repeat: int) -> dict[str, float]:
+    """Time the three ways on one database of `keys` keys."""
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        work = Path(tmp)
+        source = work / "source"
+        load(source, keys)
+        # State must exist first so the scan run is a migration, not a fresh-db stamp.
+        results = {
+            "hand": timed(lambda p: hand(p, checked=False), source, work, repeat),
+            "hand+iter": timed(lambda p: hand(p, checked=True), source, work, repeat),
+            "scan": timed(scan, source, work, repeat),
+        }
+    return results
+
+
+def memory_child(keys: int) -> None:
+    """Load and migrate `keys` keys in this process; print peak RSS in KiB (Linux)."""
+    with tempfile.TemporaryDirectory(prefix="bench-mem-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        path = Path(tmp) / "db"
+        load(path, keys)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        scan(path)
+        took = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"keys": keys, "peak_kib": peak, "before_kib": before,
+                      "seconds": round(took, 2)}))
+
+
+def memory(sizes: list[int]) -> list[dict[str, int]]:
+    """Run the memory child once per size."""
+    rows = []
+    for keys in sizes:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(keys)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--keys", type=int, default=500_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory", default="", help="comma-separated key counts")
+    parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    if args.quick:
+        args.keys, args.repeat = 100_000, 1
+    result = speed(args.keys, args.repeat)
+    report: dict[str, object] = {
+        "keys": args.keys,
+        "seconds": {k: round(v, 3) for k, v in result.items()},
+        "scan_vs_hand": round(result["scan"] / result["hand"], 2),
+        "scan_vs_checked_hand": round(result["scan"] / result["hand+iter"], 2),
+    }
+    if args.memory:
+        report["memory"] = memory([int(x) for x in args.memory.split(",")])
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
