@@ -142,7 +142,9 @@ def status_of(db_path: Path) -> dict[str, object]:
     """Return `pebble-migrate status --json` for the database."""
     out = subprocess.run(
         [sys.executable, "-m", "pebble_migrate", "status", "--json", "-d", str(db_path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     data: dict[str, object] = json.loads(out.stdout)
     return data
@@ -169,8 +171,20 @@ class Trial:
             self.tally.restarts_app += 1
             return [sys.executable, str(self.app), str(self.db), str(self.migrations), chunk]
         self.tally.restarts_cli += 1
-        return [sys.executable, "-m", "pebble_migrate", "up", "-d", str(self.db), "-m",
-                str(self.migrations), "--yes", "--no-backup", "--chunk-records", chunk]
+        return [
+            sys.executable,
+            "-m",
+            "pebble_migrate",
+            "up",
+            "-d",
+            str(self.db),
+            "-m",
+            str(self.migrations),
+            "--yes",
+            "--no-backup",
+            "--chunk-records",
+            chunk,
+        ]
 
     def run_once(self, kind: str) -> bool:
         """Start the migration; kill it the way `kind` says. Return True if it completed."""
@@ -181,8 +195,9 @@ class Trial:
             limit = max(1, self.args.keys // self.args.chunk)
             n = 1 if point.startswith("final") else self.rng.randint(1, max(1, limit // 2))
             env["PEBBLE_MIGRATE_KILL_AT"] = f"{point}:{n}"
-        proc = subprocess.Popen(self.command(), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            self.command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         try:
             if kind == "random":
                 return self._kill_after(proc, self.window.pick(self.rng), "random")
@@ -306,22 +321,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pebble-crashtest-", dir=args.work) as tmp:
         work = Path(tmp)
         window = calibrate(args, work)
-        print(f"seed {seed}; {args.keys} keys; start-up {window.startup:.2f}s, "
-              f"migration {window.work:.2f}s", flush=True)
+        print(
+            f"seed {seed}; {args.keys} keys; start-up {window.startup:.2f}s, "
+            f"migration {window.work:.2f}s",
+            flush=True,
+        )
         n = 0
         while tally.total_kills < args.kills:
             n += 1
             Trial(work / f"trial{n}", args, rng, tally).run(window)
-            print(f"trial {n}: kills so far {tally.total_kills}, mismatches {tally.mismatches}",
-                  flush=True)
+            print(
+                f"trial {n}: kills so far {tally.total_kills}, mismatches {tally.mismatches}",
+                flush=True,
+            )
     took = time.monotonic() - started
-    print(json.dumps({
-        "seed": seed, "keys": args.keys, "chunk": args.chunk, "trials": tally.trials,
-        "kills": tally.total_kills, "kills_by_kind": tally.kills,
-        "restarts_cli": tally.restarts_cli, "restarts_app": tally.restarts_app,
-        "checked_keys": tally.checked_keys, "mismatches": tally.mismatches,
-        "seconds": round(took, 1),
-    }, indent=2, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "seed": seed,
+                "keys": args.keys,
+                "chunk": args.chunk,
+                "trials": tally.trials,
+                "kills": tally.total_kills,
+                "kills_by_kind": tally.kills,
+                "restarts_cli": tally.restarts_cli,
+                "restarts_app": tally.restarts_app,
+                "checked_keys": tally.checked_keys,
+                "mismatches": tally.mismatches,
+                "seconds": round(took, 1),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return 1 if tally.mismatches else 0
 
 

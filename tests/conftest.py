@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,12 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep the developer's environment and pyproject.toml out of every test."""
     for name in list(os.environ):
         if name.startswith("PEBBLE_MIGRATE_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    yield
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def invoke() -> Invoke:
     """Run the real CLI in-process; returns click's Result (stdout and stderr apart)."""
     runner = CliRunner()
 
-    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:  # noqa: A002 - CliRunner's name
         return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
 
     return run

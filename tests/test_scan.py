@@ -65,8 +65,14 @@ def test_get_sees_pending_puts_and_deletes(users_db: Path) -> None:
     def up(ctx: Any) -> None:
         ctx.put(b"new", b"1")
         ctx.delete(b"other:1")
-        seen.extend([ctx.get(b"new"), ctx.get(b"other:1"), ctx.get(b"other:1", b"gone"),
-                     ctx.get(b"user:001")])
+        seen.extend(
+            [
+                ctx.get(b"new"),
+                ctx.get(b"other:1"),
+                ctx.get(b"other:1", b"gone"),
+                ctx.get(b"user:001"),
+            ]
+        )
 
     commands.up(users_db, registry_of(migration("1700000000_a", up=up)))
     assert seen == [b"1", None, b"gone", b"v1"]
@@ -161,8 +167,7 @@ def test_interrupt_without_signal_handling_is_resumable_by_up(users_db: Path) ->
 
     reg = registry_of(migration("1700000000_plus", up=stop_at_55))
     with pytest.raises(KeyboardInterrupt):
-        commands.up(users_db, reg, options=RunOptions(policy=ChunkPolicy(10),
-                                                      handle_signals=False))
+        commands.up(users_db, reg, options=RunOptions(policy=ChunkPolicy(10), handle_signals=False))
     state, _ = _state(users_db)
     assert state.status is Status.MIGRATING and state.in_progress.resumable
     commands.up(users_db, registry_of(migration("1700000000_plus", up=_plus)), options=_opts(10))
@@ -202,8 +207,9 @@ def test_sigterm_exit_code_is_143(users_db: Path) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(MigrationInterrupted) as info:
-        commands.up(users_db, registry_of(migration("1700000000_p", up=interrupted)),
-                    options=_opts(10))
+        commands.up(
+            users_db, registry_of(migration("1700000000_p", up=interrupted)), options=_opts(10)
+        )
     assert info.value.exit_code == 143
 
 
@@ -230,8 +236,11 @@ def test_signal_after_scan_finished_completes_normally(users_db: Path) -> None:
         ctx.put(b"after", b"scan")
 
     with pytest.raises(MigrationInterrupted) as info:
-        commands.up(users_db, registry_of(migration("1700000000_p", up=late),
-                                          migration("1700100000_next")), options=_opts(10))
+        commands.up(
+            users_db,
+            registry_of(migration("1700000000_p", up=late), migration("1700100000_next")),
+            options=_opts(10),
+        )
     assert info.value.message == "stopped after 1700000000_p; 1 step(s) not run: 1700100000_next"
     state, _ = _state(users_db)
     assert (state.status, state.applied) == (Status.CLEAN, {"1700000000_p"})
@@ -248,8 +257,9 @@ def test_from_start_discards_progress_and_reapplies(users_db: Path) -> None:
     asked: list[str] = []
     opts = _opts(10)
     opts.confirm = lambda q: asked.append(q) is None
-    commands.up(users_db, registry_of(migration("1700000000_plus", up=_plus)), from_start=True,
-                options=opts)
+    commands.up(
+        users_db, registry_of(migration("1700000000_plus", up=_plus)), from_start=True, options=opts
+    )
     assert "not idempotent" in asked[0]
     data = contents(users_db)["default"]
     assert [k for k in USERS if data[k].endswith(b"++")] == list(USERS)[:20]
@@ -261,13 +271,19 @@ def test_down_of_partly_applied_migration_runs_down_and_clears_cursor(users_db: 
         for key, value in ctx.scan(prefix=b"user:"):
             ctx.put(key, value.rstrip(b"+"))
 
-    failing = registry_of(migration("1700000000_plus", up=lambda ctx: _plus(ctx, b"user:025"),
-                                    down=undo))
+    failing = registry_of(
+        migration("1700000000_plus", up=lambda ctx: _plus(ctx, b"user:025"), down=undo)
+    )
     commands.up(users_db, registry_of(migration("1600000000_base")), options=_opts(10))
     with pytest.raises(MigrationFailed):
-        commands.up(users_db, registry_of(migration("1600000000_base"),
-                                          migration("1700000000_plus", up=lambda ctx: _plus(
-                                              ctx, b"user:025"), down=undo)), options=_opts(10))
+        commands.up(
+            users_db,
+            registry_of(
+                migration("1600000000_base"),
+                migration("1700000000_plus", up=lambda ctx: _plus(ctx, b"user:025"), down=undo),
+            ),
+            options=_opts(10),
+        )
     commands.force_clean(users_db)
     reg = registry_of(migration("1600000000_base"), *failing.all())
     outcome = commands.down(users_db, reg, "1600000000")
@@ -286,11 +302,17 @@ def test_loose_writes_before_a_scan_are_not_replayed_on_resume(users_db: Path) -
             ctx.put(key, value + b"+")
 
     with pytest.raises(MigrationFailed):
-        commands.up(users_db, registry_of(migration("1700000000_c", up=lambda c: counted(c, True))),
-                    options=_opts(10))
+        commands.up(
+            users_db,
+            registry_of(migration("1700000000_c", up=lambda c: counted(c, True))),
+            options=_opts(10),
+        )
     commands.force_clean(users_db)
-    commands.up(users_db, registry_of(migration("1700000000_c", up=lambda c: counted(c, False))),
-                options=_opts(10))
+    commands.up(
+        users_db,
+        registry_of(migration("1700000000_c", up=lambda c: counted(c, False))),
+        options=_opts(10),
+    )
     data = contents(users_db)["default"]
     assert data[b"runs"] == b"1"
     assert all(data[k] == v + b"+" for k, v in USERS.items())
@@ -313,7 +335,9 @@ def test_direct_write_makes_the_run_not_resumable_and_is_recorded(users_db: Path
 
 def test_progress_events_report_counts(users_db: Path) -> None:
     events: list[Event] = []
-    commands.up(users_db, registry_of(migration("1700000000_p", up=_plus)), options=_opts(10, events))
+    commands.up(
+        users_db, registry_of(migration("1700000000_p", up=_plus)), options=_opts(10, events)
+    )
     progress = [e for e in events if e.kind == "progress"]
     assert progress[-1].data == {"scan": "default", "done": 100, "total": 100}
 

@@ -86,7 +86,11 @@ def test_refuses_interrupted_non_rerunnable_naming_it_and_the_options(db_path: P
         _startup(db_path, _opts(reg, run_migrations=True, cli_name="app-migrate"))
     text = str(info.value)
     assert "1700000000_direct" in text
-    for command in ("app-migrate validate", "app-migrate force-clean", "app-migrate backup restore"):
+    for command in (
+        "app-migrate validate",
+        "app-migrate force-clean",
+        "app-migrate backup restore",
+    ):
         assert command in text
     assert snapshot(db_path) == before
 

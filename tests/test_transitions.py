@@ -51,7 +51,9 @@ def test_up_goes_clean_migrating_clean(db_path: Path) -> None:
     assert seen == [(Status.MIGRATING, "1700000000_a")]
     state = _state(db_path)
     assert (state.status, state.in_progress, state.current_version) == (
-        Status.CLEAN, None, 1700000000,
+        Status.CLEAN,
+        None,
+        1700000000,
     )
 
 
@@ -70,8 +72,10 @@ def test_failure_marks_dirty_and_keeps_nothing_of_the_batch(db_path: Path) -> No
         ctx.put(b"half", b"written")
         raise ValueError("bad row 7")
 
-    reg = registry_of(migration("1700000000_ok", up=put_items({b"ok": b"1"})),
-                      migration("1700100000_boom", up=boom))
+    reg = registry_of(
+        migration("1700000000_ok", up=put_items({b"ok": b"1"})),
+        migration("1700100000_boom", up=boom),
+    )
     with pytest.raises(MigrationFailed) as info:
         commands.up(db_path, reg)
     assert "1700100000_boom failed: ValueError: bad row 7" in str(info.value)
@@ -83,7 +87,11 @@ def test_failure_marks_dirty_and_keeps_nothing_of_the_batch(db_path: Path) -> No
     assert state.in_progress.id == "1700100000_boom"
     assert state.applied == {"1700000000_ok"}
     last = commands.history(db_path)[-1]
-    assert (last.id, last.success, last.error) == ("1700100000_boom", False, "ValueError: bad row 7")
+    assert (last.id, last.success, last.error) == (
+        "1700100000_boom",
+        False,
+        "ValueError: bad row 7",
+    )
 
 
 def test_dirty_refuses_up_down_rerun_and_changes_nothing(db_path: Path) -> None:
@@ -96,7 +104,6 @@ def test_dirty_refuses_up_down_rerun_and_changes_nothing(db_path: Path) -> None:
     before = snapshot(db_path)
     for call in (
         lambda: commands.up(db_path, reg),
-        lambda: commands.down(db_path, reg, "0"),
         lambda: commands.rerun(db_path, reg, "1700000000_a"),
     ):
         with pytest.raises(NotCleanError) as info:
@@ -105,6 +112,57 @@ def test_dirty_refuses_up_down_rerun_and_changes_nothing(db_path: Path) -> None:
         assert "1700100000_b" in info.value.message
         assert "force-clean" in (info.value.hint or "")
     assert snapshot(db_path) == before
+
+
+def test_down_from_dirty_rolls_back_to_the_previous_version(db_path: Path) -> None:
+    """The guide's option 2 for a failed migration: `down [previous_version]`."""
+
+    def boom(ctx: Any) -> None:
+        ctx.put(b"never", b"kept")
+        raise RuntimeError("no")
+
+    undone: list[str] = []
+    reg = registry_of(
+        migration(
+            "1700000000_a",
+            up=put_items({b"a": b"1"}),
+            down=lambda ctx: (undone.append("a"), ctx.delete(b"a")),
+        ),
+        migration(
+            "1700100000_b",
+            up=put_items({b"b": b"1"}),
+            down=lambda ctx: (undone.append("b"), ctx.delete(b"b")),
+        ),
+        migration("1700200000_boom", up=boom, down=lambda ctx: undone.append("boom")),
+    )
+    with pytest.raises(MigrationFailed):
+        commands.up(db_path, reg)
+    outcome = commands.down(db_path, reg, "1700000000")
+    assert outcome.plan.ids == ("1700100000_b",)  # the failed one left nothing to undo
+    assert undone == ["b"]
+    state = _state(db_path)
+    assert (state.status, state.applied, state.last_error) == (
+        Status.CLEAN,
+        {"1700000000_a"},
+        None,
+    )
+    assert contents(db_path)["default"] == {b"a": b"1", b"seed": b"1"}
+
+
+def test_down_from_dirty_undoes_a_failed_migration_that_wrote_directly(db_path: Path) -> None:
+    def direct(ctx: Any) -> None:
+        ctx.db[b"direct"] = b"1"
+        raise RuntimeError("half done")
+
+    reg = registry_of(
+        migration("1700000000_direct", up=direct, down=lambda ctx: ctx.delete(b"direct"))
+    )
+    with pytest.raises(MigrationFailed):
+        commands.up(db_path, reg)
+    assert contents(db_path)["default"][b"direct"] == b"1"
+    assert commands.down(db_path, reg, "0").plan.ids == ("1700000000_direct",)
+    assert contents(db_path)["default"] == {b"seed": b"1"}
+    assert _state(db_path).status is Status.CLEAN
 
 
 def test_force_clean_does_not_mark_applied_and_up_runs_it_again(db_path: Path) -> None:
@@ -151,8 +209,10 @@ def test_fresh_empty_database_is_stamped_without_running(tmp_path: Path) -> None
     assert state.current_version == 1700100000
     assert state.applied == {"1700000000_a", "1700100000_b"}
     notes = [(r.id, r.note) for r in commands.history(path)]
-    assert notes == [("1700000000_a", "skipped: fresh database"),
-                     ("1700100000_b", "skipped: fresh database")]
+    assert notes == [
+        ("1700000000_a", "skipped: fresh database"),
+        ("1700100000_b", "skipped: fresh database"),
+    ]
 
 
 def test_database_with_data_but_no_state_runs_everything(db_path: Path) -> None:
@@ -163,8 +223,9 @@ def test_database_with_data_but_no_state_runs_everything(db_path: Path) -> None:
 
 
 def test_up_to_version_then_rest(db_path: Path) -> None:
-    reg = registry_of(migration("1700000000_a"), migration("1700100000_b"),
-                      migration("1700200000_c"))
+    reg = registry_of(
+        migration("1700000000_a"), migration("1700100000_b"), migration("1700200000_c")
+    )
     commands.up(db_path, reg, target="1700100000")
     assert _state(db_path).applied == {"1700000000_a", "1700100000_b"}
     commands.up(db_path, reg)
@@ -172,8 +233,9 @@ def test_up_to_version_then_rest(db_path: Path) -> None:
 
 
 def test_down_keeps_the_target_applied(db_path: Path) -> None:
-    reg = registry_of(migration("1700000000_a"), migration("1700100000_b"),
-                      migration("1700200000_c"))
+    reg = registry_of(
+        migration("1700000000_a"), migration("1700100000_b"), migration("1700200000_c")
+    )
     commands.up(db_path, reg)
     outcome = commands.down(db_path, reg, "1700000000")
     assert outcome.plan.ids == ("1700200000_c", "1700100000_b")
@@ -196,9 +258,11 @@ def test_unknown_version_changes_nothing(db_path: Path) -> None:
     reg = registry_of(migration("1700000000_a"))
     commands.up(db_path, reg)
     before = snapshot(db_path)
-    for call in (lambda: commands.down(db_path, reg, "1600000000"),
-                 lambda: commands.up(db_path, reg, target="nope"),
-                 lambda: commands.rerun(db_path, reg, "1700000001_x")):
+    for call in (
+        lambda: commands.down(db_path, reg, "1600000000"),
+        lambda: commands.up(db_path, reg, target="nope"),
+        lambda: commands.rerun(db_path, reg, "1700000001_x"),
+    ):
         with pytest.raises(UnknownTarget):
             call()
     assert snapshot(db_path) == before
@@ -206,8 +270,11 @@ def test_unknown_version_changes_nothing(db_path: Path) -> None:
 
 def test_rerun_rolls_back_then_applies(db_path: Path) -> None:
     log: list[str] = []
-    reg = registry_of(migration("1700000000_a", up=lambda ctx: log.append("up"),
-                                down=lambda ctx: log.append("down")))
+    reg = registry_of(
+        migration(
+            "1700000000_a", up=lambda ctx: log.append("up"), down=lambda ctx: log.append("down")
+        )
+    )
     commands.up(db_path, reg)
     commands.rerun(db_path, reg, "1700000000_a")
     assert log == ["up", "down", "up"]
@@ -226,7 +293,8 @@ def test_dry_run_touches_nothing(db_path: Path) -> None:
     before = snapshot(db_path)
     assert commands.down(db_path, reg, "0", dry_run=True).plan.ids == ("1700000000_a",)
     assert commands.rerun(db_path, reg, "1700000000_a", dry_run=True).plan.ids == (
-        "1700000000_a", "1700000000_a",
+        "1700000000_a",
+        "1700000000_a",
     )
     assert snapshot(db_path) == before
 
@@ -237,8 +305,9 @@ def test_repair_adds_missing_history_and_fixes_version(db_path: Path) -> None:
     try:
         with StateStore(db, str(db_path)) as states:
             state = states.read()
-            states.write_state(state.evolve(applied=state.applied | {"1700100000_b"},
-                                            current_version=5))
+            states.write_state(
+                state.evolve(applied=state.applied | {"1700100000_b"}, current_version=5)
+            )
     finally:
         db.close()
     report = commands.repair(db_path)
@@ -268,8 +337,9 @@ def test_interrupted_non_resumable_refuses_and_rerunnable_recovers(db_path: Path
     assert "force-clean" in (info.value.hint or "")
     assert snapshot(db_path) == before
 
-    rerunnable = registry_of(migration("1700000000_direct", up=put_items({b"x": b"1"}),
-                                       rerunnable=True))
+    rerunnable = registry_of(
+        migration("1700000000_direct", up=put_items({b"x": b"1"}), rerunnable=True)
+    )
     commands.up(db_path, rerunnable)
     assert _state(db_path).status is Status.CLEAN
     assert contents(db_path)["default"][b"x"] == b"1"
@@ -293,8 +363,9 @@ def test_validate_may_not_write(db_path: Path) -> None:
     commands.up(db_path, reg)
     before = snapshot(db_path)
     report = commands.validate(db_path, reg)
-    assert report.problems == ["validate 1700000000_a: validate() must not write; it only checks "
-                               "the data."]
+    assert report.problems == [
+        "validate 1700000000_a: validate() must not write; it only checks the data."
+    ]
     assert snapshot(db_path) == before
 
 
@@ -305,10 +376,13 @@ def test_validate_flags_inconsistent_state(db_path: Path) -> None:
     try:
         with StateStore(db, str(db_path)) as states:
             state = states.read()
-            states.write_state(state.evolve(
-                applied=state.applied | {"1700100000_gone"}, status=Status.MIGRATING,
-                in_progress=InProgress("1700100000_gone", "apply", utc_now()),
-            ))
+            states.write_state(
+                state.evolve(
+                    applied=state.applied | {"1700100000_gone"},
+                    status=Status.MIGRATING,
+                    in_progress=InProgress("1700100000_gone", "apply", utc_now()),
+                )
+            )
     finally:
         db.close()
     problems = commands.validate(db_path, reg).problems

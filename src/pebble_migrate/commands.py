@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,15 +12,15 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import store, views
+from pebble_migrate import restore, store, views
 from pebble_migrate.context import ChunkPolicy, MigrationContext
 from pebble_migrate.cursor import RunRecord, record_key
-from pebble_migrate.errors import MigrateError, UsageError
+from pebble_migrate.errors import MigrateError, MigrationFailed, UsageError
 from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
 from pebble_migrate.migration import Migration, is_valid_name
 from pebble_migrate.registry import Registry
-from pebble_migrate.space import check_space
+from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
 from pebble_migrate.units import utc_now
 
@@ -38,19 +39,46 @@ class Aborted(MigrateError):
         super().__init__("aborted; nothing was changed.")
 
 
+class Session:
+    """A database these verbs opened themselves, so they may close and reopen it."""
+
+    def __init__(self, db_path: str | Path, *, read_only: bool, create: bool = False) -> None:
+        self.path = Path(db_path)
+        self.read_only = read_only
+        restore.recover(self.path)
+        self.db = store.open_database(db_path, read_only=read_only, create=create)
+        self.states = StateStore(self.db, str(db_path))
+
+    def close(self, *, quiet: bool = False) -> None:
+        """Release every handle and close the database (errors ignored when `quiet`)."""
+        self.states.release()
+        try:
+            self.db.close()
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+            if not quiet:
+                raise store.translate(exc, self.path) from None
+        finally:
+            gc.collect()  # a failed close still lets go of the LOCK once the object is gone
+
+    def reopen(self) -> None:
+        """Close (ignoring errors: the handle may be dead after a failed write) and reopen."""
+        self.close(quiet=True)
+        self.db = store.open_database(self.path, read_only=self.read_only)
+        self.states = StateStore(self.db, str(self.path))
+
+
 @contextlib.contextmanager
-def opened(
-    db_path: str | Path, *, read_only: bool, create: bool = False
-) -> Iterator[tuple[rocksdict.Rdict, StateStore]]:
+def opened(db_path: str | Path, *, read_only: bool, create: bool = False) -> Iterator[Session]:
     """Open the database and its state store; release and close both on exit."""
-    db = store.open_database(db_path, read_only=read_only, create=create)
-    states = StateStore(db, str(db_path))
+    session = Session(db_path, read_only=read_only, create=create)
+    failed = False
     try:
-        yield db, states
+        yield session
+    except BaseException:
+        failed = True
+        raise
     finally:
-        states.release()
-        del states
-        db.close()
+        session.close(quiet=failed)
 
 
 # --- status -------------------------------------------------------------------------
@@ -85,7 +113,8 @@ class StatusReport:
 def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) -> StatusReport:
     """Return the state, pending migrations and recent history (read-only)."""
     migrations = registry.ordered() if registry is not None else []
-    with opened(db_path, read_only=True) as (db, states):
+    with opened(db_path, read_only=True) as session:
+        db, states = session.db, session.states
         state = states.read()
         records = run_records(states)
         fresh_empty = not state.initialized and store.is_empty(db, str(db_path))
@@ -115,8 +144,8 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
 
 def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRecord]:
     """Return the history records, oldest first (read-only)."""
-    with opened(db_path, read_only=True) as (_, states):
-        return states.history(limit=limit)
+    with opened(db_path, read_only=True) as session:
+        return session.states.history(limit=limit)
 
 
 # --- up / down / rerun --------------------------------------------------------------
@@ -159,7 +188,8 @@ def up(
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
-    with opened(db_path, read_only=dry_run, create=create and not dry_run) as (db, states):
+    with opened(db_path, read_only=dry_run, create=create and not dry_run) as session:
+        db, states = session.db, session.states
         state = states.read()
         fresh = not state.initialized
         if fresh and store.is_empty(db, str(db_path)):
@@ -184,7 +214,7 @@ def up(
         state = initialize(states, migrations, opts.reporter)
         _backup_first(db, state, plan, opts)
         _discard(states, records, opts)
-        return Outcome(plan, _execute(db, state, plan, opts), fresh)
+        return Outcome(plan, _execute(session, plan, opts), fresh)
 
 
 def down(
@@ -199,11 +229,13 @@ def down(
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=True)
-    with opened(db_path, read_only=dry_run) as (db, states):
+    with opened(db_path, read_only=dry_run) as session:
+        db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
-        partial = {mid for (mid, action) in run_records(states) if action == "apply"}
-        plan = planner.plan_down(migrations, state.applied | partial, version)
+        plan = planner.plan_down(
+            migrations, state.applied | _partly_applied(states, state), version
+        )
         if dry_run or not plan:
             return Outcome(plan, None)
         if not opts.confirm(f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
@@ -211,7 +243,18 @@ def down(
         if opts.check_space:
             check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
-        return Outcome(plan, _execute(db, state, plan, opts))
+        return Outcome(plan, _execute(session, plan, opts))
+
+
+def _partly_applied(states: StateStore, state: State) -> set[str]:
+    """Return migrations not applied whose writes may be in the database: those with
+    committed scan chunks, and a failed one that wrote outside ctx."""
+    partial = {mid for (mid, action) in run_records(states) if action == "apply"}
+    progress = state.in_progress
+    if state.status is Status.DIRTY and progress and progress.kind != "rollback":
+        if not progress.resumable:
+            partial.add(progress.id)
+    return partial
 
 
 def rerun(
@@ -225,7 +268,8 @@ def rerun(
     """Roll a migration back and apply it again."""
     opts = options or RunOptions()
     migrations = registry.ordered()
-    with opened(db_path, read_only=dry_run) as (db, states):
+    with opened(db_path, read_only=dry_run) as session:
+        db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "rerun", opts.cli_name)
         plan = planner.plan_rerun(migrations, state.applied, migration_id)
@@ -236,7 +280,7 @@ def rerun(
         if opts.check_space:
             check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
-        return Outcome(plan, _execute(db, state, plan, opts))
+        return Outcome(plan, _execute(session, plan, opts))
 
 
 def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> None:
@@ -244,18 +288,35 @@ def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: R
         opts.before_write(db, state, plan)
 
 
-def _execute(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> RunReport:
+def _execute(session: Session, plan: planner.Plan, opts: RunOptions) -> RunReport:
     executor = Executor(
-        db,
+        session.db,
         reporter=opts.reporter,
         policy=opts.policy,
         handle_signals=opts.handle_signals,
         cli_name=opts.cli_name,
     )
+    ballast = Ballast(session.path)
+    ballast.ensure()
     try:
         return executor.run(plan)
+    except MigrationFailed as exc:
+        if executor.unrecorded is None:
+            raise
+        # The disk filled and RocksDB refuses writes on this handle: free the ballast,
+        # reopen, and record the failure so the status reads `dirty` with the cursor kept.
+        executor.release()
+        ballast.release()
+        session.reopen()
+        try:
+            session.states.write_state(*executor.unrecorded)
+        except MigrateError:
+            raise exc from None
+        exc.hint = executor.failure_hint_for(session.states)
+        raise
     finally:
         executor.release()
+        ballast.release()
 
 
 def _require_initialized(states: StateStore, cli: str) -> State:
@@ -316,7 +377,8 @@ def force_clean(db_path: str | Path, *, confirm: Confirm = _always) -> tuple[Sta
 
     Committed scan progress is kept, so the next `up` continues it. Returns (before, after).
     """
-    with opened(db_path, read_only=False) as (_, states):
+    with opened(db_path, read_only=False) as session:
+        states = session.states
         before = states.read()
         if not before.initialized or (before.status is Status.CLEAN and not before.in_progress):
             return before, before
@@ -351,7 +413,8 @@ class RepairReport:
 
 def repair(db_path: str | Path, *, confirm: Confirm = _always) -> RepairReport:
     """Add missing history for applied ids and correct a version that disagrees with them."""
-    with opened(db_path, read_only=False) as (_, states):
+    with opened(db_path, read_only=False) as session:
+        states = session.states
         state = states.read()
         if not state.initialized:
             raise UsageError(f"{db_path} has no migration state to repair.", hint="Run `up` first.")
@@ -469,7 +532,8 @@ def validate(db_path: str | Path, registry: Registry) -> ValidationReport:
     checks: list[Check] = []
     migrations = registry.ordered()
     checks.append(Check("registry", True, f"{len(migrations)} migration(s), order resolved"))
-    with opened(db_path, read_only=True) as (db, states):
+    with opened(db_path, read_only=True) as session:
+        db, states = session.db, session.states
         state = states.read()
         records = run_records(states)
         seen = {r.id for r in states.history() if r.success}

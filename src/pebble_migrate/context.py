@@ -278,11 +278,7 @@ class MigrationContext:
                                 or self._batch.size_in_bytes() >= size
                             ):
                                 done, since = done + since, 0
-                                cursor.after, cursor.count = prev, done
-                                self._commit()
-                                if guard.first:
-                                    raise run.stop(self._record, f"at {show_key(prev)}")
-                                self._maybe_progress(cursor)
+                                self._end_chunk(cursor, prev, done)
                             check = min(since + 64, records)
                     elif after is not None and key == after:
                         continue  # processed and committed by the run that stopped
@@ -305,8 +301,22 @@ class MigrationContext:
             if counter is not None:
                 counter.close()
             view.close()
+        self._finish_scan(cursor, prev, done + since + 1)
+
+    def _end_chunk(self, cursor: ScanCursor, prev: Any, done: int) -> None:
+        """Commit the chunk that ends with key `prev`; stop here if a signal came."""
+        run = self._run
+        assert run is not None
+        cursor.after, cursor.count = prev, done
+        self._commit()
+        if run.guard.first:
+            raise run.stop(self._record, f"at {show_key(prev)}")
+        self._maybe_progress(cursor)
+
+    def _finish_scan(self, cursor: ScanCursor, prev: Any, done: int) -> None:
+        """Commit the last chunk and mark the scan finished."""
         if prev is not _NONE:
-            cursor.after, cursor.count = prev, done + since + 1
+            cursor.after, cursor.count = prev, done
         cursor.done = True
         self._commit()
         self._maybe_progress(cursor, force=True)

@@ -26,7 +26,10 @@ class MigrateError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if hint is None else f"{message}\n{hint}")
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
 
 
 # --- configuration and invocation -------------------------------------------------

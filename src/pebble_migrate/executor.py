@@ -129,6 +129,7 @@ class Executor:
         self.guard = SignalGuard(handle_signals)
         self.state: State = self.states.read()
         self._step: Step | None = None
+        self.unrecorded: tuple[State, HistoryRecord] | None = None
 
     def release(self) -> None:
         """Drop every rocksdict handle held, so the caller can close the database."""
@@ -310,12 +311,17 @@ class Executor:
                 self.state.evolve(status=Status.DIRTY, last_error=error), record
             )
         except MigrateError as write_error:
-            self.logger.error("could not record the failure of %s: %s", step.id, write_error)
+            # Typically a full disk: this handle takes no more writes. Whoever owns the
+            # database may reopen it and write `unrecorded`; until then the status stays
+            # `migrating`, which is safe, and the committed cursor is intact.
+            self.logger.warning("could not record the failure of %s: %s", step.id, write_error)
+            self.unrecorded = (self.state.evolve(status=Status.DIRTY, last_error=error), record)
             failed = MigrationFailed(
                 step.id,
                 error,
                 hint=f"The failure could not be recorded ({write_error.message}); the status "
-                f"stays `migrating`. {self._failure_hint(step)}",
+                "stays `migrating` and committed work is kept. Free space, then run "
+                f"`{self.cli_name} up` to continue.",
                 details=details,
             )
             failed.cause = exc
@@ -377,9 +383,14 @@ class Executor:
             f"(`{cli} backup list`)."
         )
 
-    def _failure_hint(self, step: Step) -> str:
+    def failure_hint_for(self, states: StateStore) -> str:
+        """Return the failure hint for the current step, read through `states`."""
+        assert self._step is not None
+        return self._failure_hint(self._step, states)
+
+    def _failure_hint(self, step: Step, states: StateStore | None = None) -> str:
         cli = self.cli_name
-        records = run_records(self.states)
+        records = run_records(states or self.states)
         record = records.get((step.id, "apply" if step.action == "apply" else "rollback"))
         kept = ""
         if record is not None and record.scans:
@@ -394,9 +405,10 @@ class Executor:
 def require_clean(state: State, migrations: dict[str, Migration], command: str, cli: str) -> None:
     """Raise NotCleanError unless `command` may run in this state.
 
-    A `migrating` status is accepted when the interrupted migration can continue by itself:
-    it is rerunnable, or it wrote only through ctx (resumable). `dirty` always needs a
-    decision from the operator.
+    A `migrating` status is accepted by up when the interrupted migration can continue by
+    itself: it is rerunnable, or it wrote only through ctx (resumable). `down` is accepted
+    from `dirty` (rolling back to the previous version is one of the ways out of a failure)
+    and from an interrupted `rollback` it can resume. Otherwise the operator decides.
     """
     if state.status is Status.CLEAN:
         return
@@ -417,6 +429,8 @@ def require_clean(state: State, migrations: dict[str, Migration], command: str, 
         )
     resumable = migration is not None and progress is not None and progress.resumable
     if state.status is Status.ROLLBACK and command == "down" and resumable:
+        return
+    if state.status is Status.DIRTY and command == "down":
         return
     if state.status is Status.DIRTY:
         raise NotCleanError(

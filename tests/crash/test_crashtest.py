@@ -11,10 +11,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crashtest.py"
 
 
 def test_quick_crash_test_has_no_mismatches() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout[done.stdout.index("{"):])
+    report = json.loads(done.stdout[done.stdout.index("{") :])
     assert report["kills"] >= 25
     assert report["mismatches"] == 0, report
     assert report["checked_keys"] >= report["trials"] * 30_000

@@ -19,7 +19,7 @@ from pebble_migrate.testing import contents, create_database
 KEYS = {b"k:%04d" % i: b"v" for i in range(200)}
 
 # Writes straight to ctx.db (so it is not resumable), and stops half-way to be killed.
-DIRECT = '''
+DIRECT = """
 import sys
 {flag}
 def up(ctx):
@@ -28,10 +28,10 @@ def up(ctx):
         if i == 100:
             print("midway", flush=True)
             sys.stdin.readline()
-'''
+"""
 
 # Writes only through ctx (resumable by construction); waits half-way for the parent.
-SCANNING = '''
+SCANNING = """
 import sys
 def up(ctx):
     for i, (key, value) in enumerate(ctx.scan(prefix=b"k:")):
@@ -39,9 +39,9 @@ def up(ctx):
         if i == 100:
             print("midway", flush=True)
             sys.stdin.readline()
-'''
+"""
 
-APP = '''
+APP = """
 import sys, pebble_migrate as pm, rocksdict
 opts = pm.default_startup_options()
 opts.run_migrations = True
@@ -52,7 +52,7 @@ try:
     pm.check_and_run_startup_migrations(db, sys.argv[1], opts)
 finally:
     db.close()
-'''
+"""
 
 
 def _project(tmp_path: Path, body: str) -> tuple[Path, Path]:
@@ -64,8 +64,14 @@ def _project(tmp_path: Path, body: str) -> tuple[Path, Path]:
 
 
 def _start(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )  # type: ignore[call-overload]
 
 
 def _run_app_until_midway_and_kill(tmp_path: Path, db: Path, migrations: Path) -> None:
@@ -112,8 +118,11 @@ def test_killed_non_rerunnable_migration_is_refused_with_the_options(tmp_path: P
         _startup(db, migrations)
     text = str(info.value)
     assert "migration 1700000000_job was interrupted" in text
-    for option in ("pebble-migrate validate", "pebble-migrate force-clean",
-                   "pebble-migrate backup restore"):
+    for option in (
+        "pebble-migrate validate",
+        "pebble-migrate force-clean",
+        "pebble-migrate backup restore",
+    ):
         assert option in text
     assert contents(db, state=True) == before
 
@@ -123,8 +132,17 @@ def test_killed_scan_migration_resumes_exactly_once(tmp_path: Path) -> None:
     _run_app_until_midway_and_kill(tmp_path, db, migrations)
     data = contents(db)["default"]
     assert sum(v == b"v+" for v in data.values()) == 100  # four chunks of 25 committed
-    cli = [sys.executable, "-m", "pebble_migrate", "up", "-d", str(db), "-m", str(migrations),
-           "--no-backup"]
+    cli = [
+        sys.executable,
+        "-m",
+        "pebble_migrate",
+        "up",
+        "-d",
+        str(db),
+        "-m",
+        str(migrations),
+        "--no-backup",
+    ]
     done = subprocess.run(cli, input="\n", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "resuming 1700000000_job after b'k:0099' (100 of ~200)" in done.stderr
@@ -136,8 +154,21 @@ def test_first_signal_commits_and_exits_with_its_code(
     tmp_path: Path, signum: int, code: int
 ) -> None:
     db, migrations = _project(tmp_path, SCANNING)
-    proc = _start([sys.executable, "-m", "pebble_migrate", "up", "-d", str(db), "-m",
-                   str(migrations), "--no-backup", "--chunk-records", "1000"])
+    proc = _start(
+        [
+            sys.executable,
+            "-m",
+            "pebble_migrate",
+            "up",
+            "-d",
+            str(db),
+            "-m",
+            str(migrations),
+            "--no-backup",
+            "--chunk-records",
+            "1000",
+        ]
+    )
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == "midway"
     proc.send_signal(signum)
@@ -149,17 +180,35 @@ def test_first_signal_commits_and_exits_with_its_code(
     assert "Run `pebble-migrate up` to continue" in err
     data = contents(db)["default"]
     assert sum(v == b"v+" for v in data.values()) == 101  # everything up to the key in hand
-    status = json.loads(subprocess.run(
-        [sys.executable, "-m", "pebble_migrate", "status", "-d", str(db), "--json"],
-        capture_output=True, text=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "pebble_migrate", "status", "-d", str(db), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert status["status"] == "migrating"
     assert "interrupted at b'k:0100' (101 of ~200)" in status["history"][-1]["note"]
 
 
 def test_second_signal_stops_at_once(tmp_path: Path) -> None:
     db, migrations = _project(tmp_path, SCANNING)
-    proc = _start([sys.executable, "-m", "pebble_migrate", "up", "-d", str(db), "-m",
-                   str(migrations), "--no-backup", "--chunk-records", "40"])
+    proc = _start(
+        [
+            sys.executable,
+            "-m",
+            "pebble_migrate",
+            "up",
+            "-d",
+            str(db),
+            "-m",
+            str(migrations),
+            "--no-backup",
+            "--chunk-records",
+            "40",
+        ]
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "midway"
     proc.send_signal(signal.SIGINT)
@@ -174,13 +223,25 @@ def test_second_signal_stops_at_once(tmp_path: Path) -> None:
 def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     db, migrations = _project(tmp_path, "def up(ctx):\n    ctx.put(b'x', b'1')\n")
     script = Path(sys.executable).with_name("pebble-migrate")
-    first = subprocess.run([str(script), "status", "-d", str(db), "-m", str(migrations),
-                            "--json"], capture_output=True, text=True, timeout=60)
+    first = subprocess.run(
+        [str(script), "status", "-d", str(db), "-m", str(migrations), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["pending"] == ["1700000000_job"]
-    env = {**os.environ, "PEBBLE_MIGRATE_DATABASE": str(db),
-           "PEBBLE_MIGRATE_MIGRATIONS": str(migrations)}
-    second = subprocess.run([sys.executable, "-m", "pebble_migrate", "up"], capture_output=True,
-                            text=True, env=env, timeout=60)
+    env = {
+        **os.environ,
+        "PEBBLE_MIGRATE_DATABASE": str(db),
+        "PEBBLE_MIGRATE_MIGRATIONS": str(migrations),
+    }
+    second = subprocess.run(
+        [sys.executable, "-m", "pebble_migrate", "up"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert second.returncode == 0, second.stderr
     assert contents(db)["default"][b"x"] == b"1"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,22 +62,20 @@ def list_cmd() -> None:
     found = backups.list_backups(s.database_path(), backup_dir=s.backups())
     out = renderer(s)
     if out.json:
-        # A plain JSON list, one object per backup (an empty list when there are none).
-        sys.stdout.write(json.dumps([b.summary() for b in found], sort_keys=True) + "\n")
-        sys.stdout.flush()
+        out.emit([b.summary() for b in found])  # a plain list; [] when there are none
         return
     if not found:
         where = backups.backup_dir_for(s.database_path(), s.backups())
         out.say(f"No backups in {escape(str(where))}.")
         return
     table = Table(box=None, padding=(0, 1), show_edge=False)
-    for column in ("id", "created", "age", "version", "size", "description"):
-        table.add_column(column)
+    for column in ("id", "created (UTC)", "age", "version", "size", "description"):
+        table.add_column(column, no_wrap=column != "description")
     now = utc_now()
     for b in found:
         table.add_row(
             b.id + (" (archive)" if b.archive else ""),
-            format_time(b.created_at),
+            format_time(b.created_at).removesuffix(" UTC"),
             format_age(now - b.created_at),
             str(b.version),
             format_bytes(b.size_bytes),

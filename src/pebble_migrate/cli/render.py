@@ -59,8 +59,8 @@ class Renderer:
     def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
         self.json = json_mode
         self.verbose = verbose
-        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.out = _console(sys.stdout)
+        self.err = _console(sys.stderr)
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._last_log: dict[str, float] = {}
@@ -68,8 +68,8 @@ class Renderer:
 
     # --- plumbing --------------------------------------------------------------
 
-    def emit(self, obj: dict[str, Any]) -> None:
-        """Write one JSON object as a line on stdout."""
+    def emit(self, obj: Any) -> None:
+        """Write one JSON value (an object, or a list) as a line on stdout."""
         sys.stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
         sys.stdout.flush()
 
@@ -190,8 +190,7 @@ class Renderer:
                 else "has data: `up` will run every migration"
             )
             table.add_row("State", f"not initialized ({what})")
-        last = state.last_migration or "-"
-        table.add_row("Last migration", f"{escape(last)} at {format_time(state.last_migration_at)}")
+        table.add_row("Last migration", _last_run(state, report.history))
         known = len(report.migrations)
         table.add_row(
             "Migrations",
@@ -219,8 +218,10 @@ class Renderer:
             )
         if report.pending:
             self.out.print("\n[bold]Pending[/]")
+            pending = Table.grid(padding=(0, 2))
             for m in report.pending:
-                self.out.print(f"  {escape(m.id)}  {escape(m.description)}")
+                pending.add_row(f"  {escape(m.id)}", escape(m.description))
+            self.out.print(pending)
         if report.history:
             self.out.print("\n[bold]Recent history[/]")
             self.out.print(_history_table(report.history))
@@ -285,9 +286,11 @@ class Renderer:
         self.say(
             f"[bold]{head}[/] ({plan.command}, version {plan.from_version} -> {plan.to_version}):"
         )
+        width = max(len(step.id) for step in plan.steps)
         for n, step in enumerate(plan.steps, 1):
             verb = "apply   " if step.action == "apply" else "rollback"
-            self.say(f"  {n}. {verb} {escape(step.id)}  {escape(step.migration.description)}")
+            text = f"  {n}. {verb} {step.id:<{width}}  {step.migration.description}"
+            self.say(escape(text))
         if dry_run:
             self.say("Dry run: nothing was changed.")
 
@@ -379,8 +382,22 @@ class Renderer:
         self.emit({key: list(rows)})
 
 
+def _console(stream: Any) -> Console:
+    # Piped output is read by people later (logs, CI): wide enough that tables do not wrap.
+    width = None if stream.isatty() else 160
+    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
+
+
 def _version(version: int) -> str:
     return f"{version} ({version_time(version)})" if version else "0 (nothing applied)"
+
+
+def _last_run(state: State, history: Sequence[HistoryRecord]) -> str:
+    if state.last_migration is None:
+        return "-"
+    kind = next((r.kind for r in reversed(history) if r.id == state.last_migration), None)
+    what = f"{kind} of " if kind else ""
+    return f"{what}{escape(state.last_migration)} at {format_time(state.last_migration_at)}"
 
 
 def _status(status: Status) -> str:
@@ -390,8 +407,8 @@ def _status(status: Status) -> str:
 
 def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Table:
     table = Table(box=None, padding=(0, 1), show_edge=False)
-    for column in ("#", "started", "id", "kind", "result", "took"):
-        table.add_column(column)
+    for column in ("#", "started (UTC)", "id", "kind", "result", "took"):
+        table.add_column(column, no_wrap=True)
     if errors:
         table.add_column("detail")
     for r in records:
@@ -402,7 +419,7 @@ def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Ta
         )
         row = [
             str(r.seq),
-            format_time(r.started_at),
+            format_time(r.started_at).removesuffix(" UTC"),
             escape(r.id),
             r.kind,
             result,
