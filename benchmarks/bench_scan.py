@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -124,32 +125,63 @@ def speed(keys: int, repeat: int) -> dict[str, float]:
         }
 
 
-def memory_child(path: Path, keys: int) -> None:
-    """Migrate the database at `path` in this fresh process; print peak RSS in KiB (Linux).
+ROCKSDB_MEMORY = (
+    "rocksdb.cur-size-all-mem-tables",
+    "rocksdb.estimate-table-readers-mem",
+    "rocksdb.block-cache-usage",
+)
 
-    The database was loaded by another process, so the peak is the migration's own.
+
+def memory_child(path: Path, keys: int, *, trace: bool) -> None:
+    """Migrate the database at `path` in this fresh process and print what memory it took.
+
+    The database was loaded by another process, so the peak is the migration's own. With
+    `trace`, Python's own allocations are traced too (slower; a separate run).
     """
+    if trace:
+        tracemalloc.start()
+    db = rocksdict.Rdict(str(path))
+    opts = pm.default_startup_options()
+    opts.run_migrations = True
+    opts.check_disk_space = False
+    opts.handle_signals = False
+    opts.registry = pm.Registry([pm.Migration(id="1700000000_append", up=up)])
     start = time.perf_counter()
-    scan(path)
+    pm.check_and_run_startup_migrations(db, path, opts)
     took = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"keys": keys, "peak_kib": peak, "seconds": round(took, 2)}))
+    rocks = sum(db.property_int_value(name) or 0 for name in ROCKSDB_MEMORY)
+    db.close()
+    row = {"keys": keys, "seconds": round(took, 2), "rocksdb_kib": rocks // 1024}
+    if trace:
+        row["python_peak_kib"] = tracemalloc.get_traced_memory()[1] // 1024
+    else:
+        row["peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(row))
 
 
 def memory(sizes: list[int]) -> list[dict[str, int]]:
-    """Load each size in one child process, migrate it in another, and report the peak."""
+    """Load each size in one child process, migrate copies of it in others, report memory."""
     rows = []
     for keys in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-mem-", dir=os.environ.get("BENCH_DIR")) as t:
             path = Path(t) / "db"
             subprocess.run([sys.executable, __file__, "--load", str(keys), str(path)], check=True)
-            out = subprocess.run(
-                [sys.executable, __file__, "--memory-child", str(keys), str(path)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        rows.append(json.loads(out.stdout))
+            row: dict[str, int] = {}
+            for mode in ("rss", "trace"):
+                copy = Path(t) / mode
+                shutil.copytree(path, copy)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--memory-child", str(keys), str(copy), mode],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                found = json.loads(out.stdout)
+                row.update(
+                    found if mode == "rss" else {"python_peak_kib": found["python_peak_kib"]}
+                )
+                shutil.rmtree(copy)
+        rows.append(row)
     return rows
 
 
@@ -159,7 +191,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory", default="", help="comma-separated key counts")
-    parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=2, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="also write a markdown report here")
     args = parser.parse_args()
@@ -167,7 +199,8 @@ def main() -> None:
         load(Path(args.load[1]), int(args.load[0]))
         return
     if args.memory_child:
-        memory_child(Path(args.memory_child[1]), int(args.memory_child[0]))
+        keys, path, mode = args.memory_child
+        memory_child(Path(path), int(keys), trace=mode == "trace")
         return
     if args.quick:
         args.keys, args.repeat = 100_000, 1
@@ -206,16 +239,24 @@ def markdown(report: dict[str, Any]) -> str:
         ("scan", "pebble-migrate: ctx.scan + ctx.put, resumable"),
     ):
         lines.append(f"| {label} | {seconds[name]:.3f} | {seconds[name] / seconds['hand']:.2f} |")
-    for row in report.get("memory", []):
-        if row is report["memory"][0]:
-            lines += [
-                "",
-                "Peak memory of one process loading then migrating N keys:",
-                "",
-                "| keys | peak RSS | migration seconds |",
-                "|---:|---:|---:|",
-            ]
-        lines.append(f"| {row['keys']:,} | {row['peak_kib'] / 1024:.0f} MiB | {row['seconds']} |")
+    rows = report.get("memory", [])
+    if rows:
+        lines += [
+            "",
+            "Memory of a fresh process migrating a database of N keys (loaded by another):",
+            "peak RSS; RocksDB's own memory at the end (memtables, table readers, block cache,",
+            "from its properties); and the peak of Python's own allocations (tracemalloc, in a",
+            "separate run).",
+            "",
+            "| keys | peak RSS | RocksDB memory | Python peak | seconds |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+    for row in rows:
+        lines.append(
+            f"| {row['keys']:,} | {row['peak_kib'] / 1024:.0f} MiB | "
+            f"{row['rocksdb_kib'] / 1024:.0f} MiB | {row['python_peak_kib'] / 1024:.1f} MiB | "
+            f"{row['seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

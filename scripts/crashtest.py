@@ -192,15 +192,16 @@ class Trial:
         point = ""
         if kind == "point":
             point = self.rng.choice(POINTS)
-            limit = max(1, self.args.keys // self.args.chunk)
-            n = 1 if point.startswith("final") else self.rng.randint(1, max(1, limit // 2))
+            chunks = max(1, int(self.left * self.args.keys) // self.args.chunk)
+            n = 1 if point.startswith("final") else self.rng.randint(1, chunks)
+            self.left = max(0.05, self.left - n * self.args.chunk / self.args.keys)
             env["PEBBLE_MIGRATE_KILL_AT"] = f"{point}:{n}"
         proc = subprocess.Popen(
             self.command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         try:
             if kind == "random":
-                return self._kill_after(proc, self.window.pick(self.rng), "random")
+                return self._kill_after(proc, self._delay(), "random")
             if kind == "signal":
                 return self._interrupt_then_kill(proc)
             return self._wait(proc, point)
@@ -234,7 +235,7 @@ class Trial:
 
     def _interrupt_then_kill(self, proc: subprocess.Popen[str]) -> bool:
         try:
-            proc.wait(timeout=self.window.pick(self.rng))
+            proc.wait(timeout=self._delay())
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGINT)
             # Kill it while it commits the buffered chunk and records the interruption.
@@ -246,8 +247,15 @@ class Trial:
             raise SystemExit(f"migration failed (exit {proc.returncode}):\n{proc.stderr.read()}")
         return proc.returncode == 0
 
+    def _delay(self) -> float:
+        """Pick a kill time inside the work still left, and count that work as done."""
+        into = self.rng.uniform(0.0, self.window.work * self.left)
+        self.left = max(0.05, self.left - into / self.window.work)
+        return self.window.startup + into
+
     def run(self, window: Window) -> None:
         self.window = window
+        self.left = 1.0  # the fraction of the migration still to do, roughly
         self.setup()
         done = False
         while not done:
@@ -283,10 +291,6 @@ class Window:
 
     startup: float
     work: float
-
-    def pick(self, rng: random.Random) -> float:
-        """Return a delay that lands inside the working window."""
-        return self.startup + rng.uniform(0.0, self.work)
 
 
 def calibrate(args: argparse.Namespace, work: Path) -> Window:

@@ -140,3 +140,32 @@ def test_database_can_be_closed_and_reopened_after_an_error(db_path: Path, failu
     assert kept, "the startup check should have failed"
     again = rocksdict.Rdict(str(db_path))  # raises 'lock hold by current process' if leaked
     again.close()
+
+
+def test_signal_inside_the_app_is_redelivered_after_the_data_is_safe(tmp_path: Path) -> None:
+    """The app's own SIGTERM handler runs once the open chunk is committed."""
+    import os
+    import signal
+
+    path = create_database(tmp_path / "db", {b"k:%03d" % i: b"v" for i in range(100)})
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def job(ctx: Any) -> None:
+        for key, value in ctx.scan(prefix=b"k:"):
+            ctx.put(key, value + b"+")
+            if key == b"k:040":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        reg = registry_of(migration("1700000000_job", up=job))
+        with pytest.raises(pm.MigrationInterrupted) as info:
+            _startup(path, _opts(reg, run_migrations=True, chunk_policy=pm.ChunkPolicy(records=10)))
+        assert received == [signal.SIGTERM]  # the app's handler, after our cleanup
+        assert signal.getsignal(signal.SIGTERM) is not None
+        assert info.value.exit_code == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    data = contents(path)["default"]
+    assert sum(v == b"v+" for v in data.values()) == 41
+    _startup(path, _opts(registry_of(migration("1700000000_job", up=job)), run_migrations=True))

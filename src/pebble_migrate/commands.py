@@ -251,9 +251,14 @@ def _partly_applied(states: StateStore, state: State) -> set[str]:
     committed scan chunks, and a failed one that wrote outside ctx."""
     partial = {mid for (mid, action) in run_records(states) if action == "apply"}
     progress = state.in_progress
-    if state.status is Status.DIRTY and progress and progress.kind != "rollback":
-        if not progress.resumable:
-            partial.add(progress.id)
+    wrote_around_ctx = progress is not None and not progress.resumable
+    if (
+        state.status is Status.DIRTY
+        and progress
+        and progress.kind != "rollback"
+        and wrote_around_ctx
+    ):
+        partial.add(progress.id)
     return partial
 
 

@@ -7,6 +7,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import rocksdict
 
@@ -106,6 +107,18 @@ def run_records(states: StateStore) -> dict[tuple[str, str], RunRecord]:
     return records
 
 
+@dataclass
+class _Clock:
+    """When a step started: wall time for the record, monotonic time for its duration."""
+
+    started_at: datetime = field(default_factory=utc_now)
+    started: float = field(default_factory=time.monotonic)
+
+    def took(self) -> float:
+        """Return the seconds since the start."""
+        return time.monotonic() - self.started
+
+
 class Executor:
     """Applies and rolls back migrations against one open database."""
 
@@ -191,42 +204,66 @@ class Executor:
         action = "apply" if step.action == "apply" else "rollback"
         record = run_records(self.states).get((step.id, action))
         resumed = record.describe() if record is not None else None
-        record = record or RunRecord(step.id, action)
-        started_at, started = utc_now(), time.monotonic()
-        self._begin(step, started_at, resumed)
-        ctx = MigrationContext(self.db, step.migration, run=self, record=record, logger=self.logger)
+        clock = _Clock()
+        self._begin(step, resumed)
+        ctx = MigrationContext(
+            self.db,
+            step.migration,
+            run=self,
+            record=record or RunRecord(step.id, action),
+            logger=self.logger,
+        )
         fn = step.migration.up if step.action == "apply" else step.migration.down
         assert fn is not None
         try:
-            fn(ctx)
-        except MigrationInterrupted as exc:
-            ctx.release()
-            self._interrupted(step, started_at, started, exc.note or exc.message)
-            raise
-        except HardStop as exc:
-            ctx.release()
-            raise self._hard_stop(step, exc.signum) from None
-        except (KeyboardInterrupt, SystemExit) as exc:
-            ctx.release()
-            self._interrupted(step, started_at, started, f"stopped by {type(exc).__name__}")
-            raise
-        except Exception as exc:  # noqa: BLE001 - a migration may raise anything
-            details = traceback.format_exc()
-            ctx.release()
-            raise self._failed(step, started_at, started, exc, details) from None
-        try:
-            self._finish(step, ctx, started_at, time.monotonic() - started)
+            try:
+                fn(ctx)
+            except MigrationInterrupted as exc:
+                self._interrupted(step, clock, exc.note or exc.message)
+                raise
+            except HardStop as exc:
+                raise self._hard_stop(step, exc.signum) from None
+            except (KeyboardInterrupt, SystemExit) as exc:
+                self._interrupted(step, clock, f"stopped by {type(exc).__name__}")
+                raise
+            except Exception as exc:  # noqa: BLE001 - a migration may raise anything
+                details = traceback.format_exc()
+                ctx.release()  # close its scans before recording the failure
+                raise self._failed(step, clock, exc, details) from None
+            self._finish(step, ctx, clock)
         finally:
             ctx.release()
         views.drop_views(self.db_path, step.id)
-        duration = time.monotonic() - started
         verb = "applied" if step.action == "apply" else "rolled back"
+        took = clock.took()
         self.reporter(
-            Event("step_done", f"{verb} {step.id} in {duration:.2f}s", step.id, {"kind": step.kind})
+            Event("step_done", f"{verb} {step.id} in {took:.2f}s", step.id, {"kind": step.kind})
         )
-        return StepResult(step.id, step.action, step.kind, duration, resumed)
+        return StepResult(step.id, step.action, step.kind, took, resumed)
 
-    def _begin(self, step: Step, started_at: object, resumed: str | None) -> None:
+    def _history(
+        self,
+        step: Step,
+        clock: _Clock,
+        *,
+        success: bool,
+        error: str | None = None,
+        note: str | None = None,
+    ) -> HistoryRecord:
+        """Return the history record of this step (numbered when it is staged)."""
+        return HistoryRecord(
+            0,
+            step.id,
+            step.migration.description,
+            step.kind,
+            clock.started_at,
+            clock.took(),
+            success,
+            error=error,
+            note=note,
+        )
+
+    def _begin(self, step: Step, resumed: str | None) -> None:
         status = Status.MIGRATING if step.action == "apply" else Status.ROLLBACK
         progress = self.state.in_progress
         if resumed is not None:
@@ -247,8 +284,8 @@ class Executor:
             )
         )
 
-    def _finish(self, step: Step, ctx: MigrationContext, started_at: object, took: float) -> None:
-        assert isinstance(started_at, type(utc_now()))
+    def _finish(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
+        """Commit the migration's last writes with the state that records it, atomically."""
         now = utc_now()
         applied = set(self.state.applied)
         applied_at = dict(self.state.applied_at)
@@ -268,19 +305,12 @@ class Executor:
             last_migration_at=now,
             last_error=None,
         )
+        note = "wrote outside ctx" if ctx.wrote_directly else None
         batch = ctx.take_batch()
         try:
-            record = HistoryRecord(
-                0,
-                step.id,
-                step.migration.description,
-                step.kind,
-                started_at,
-                took,
-                True,
-                note="wrote outside ctx" if ctx.wrote_directly else None,
+            state = self.states.stage_history(
+                batch, state, self._history(step, clock, success=True, note=note)
             )
-            state = self.states.stage_history(batch, state, record)
             self.states.stage_state(batch, state)
             for action in ("apply", "rollback"):
                 self.states.stage_delete(batch, record_key(step.id, action))
@@ -291,64 +321,39 @@ class Executor:
             del batch
         self.state = state
 
-    def _failed(
-        self, step: Step, started_at: object, started: float, exc: Exception, details: str
-    ) -> MigrateError:
-        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MigrateError) else exc.message
-        took = time.monotonic() - started
-        record = HistoryRecord(
-            0,
-            step.id,
-            step.migration.description,
-            step.kind,
-            started_at,  # type: ignore[arg-type]
-            took,
-            False,
-            error=error,
-        )
+    def _failed(self, step: Step, clock: _Clock, exc: Exception, details: str) -> MigrateError:
+        error = exc.message if isinstance(exc, MigrateError) else f"{type(exc).__name__}: {exc}"
+        record = self._history(step, clock, success=False, error=error)
+        dirty = self.state.evolve(status=Status.DIRTY, last_error=error)
         try:
-            self.state = self.states.write_state(
-                self.state.evolve(status=Status.DIRTY, last_error=error), record
-            )
+            self.state = self.states.write_state(dirty, record)
         except MigrateError as write_error:
             # Typically a full disk: this handle takes no more writes. Whoever owns the
             # database may reopen it and write `unrecorded`; until then the status stays
             # `migrating`, which is safe, and the committed cursor is intact.
             self.logger.warning("could not record the failure of %s: %s", step.id, write_error)
-            self.unrecorded = (self.state.evolve(status=Status.DIRTY, last_error=error), record)
-            failed = MigrationFailed(
-                step.id,
-                error,
-                hint=f"The failure could not be recorded ({write_error.message}); the status "
-                "stays `migrating` and committed work is kept. Free space, then run "
-                f"`{self.cli_name} up` to continue.",
-                details=details,
+            self.unrecorded = (dirty, record)
+            hint = (
+                f"The failure could not be recorded ({write_error.message}); the status stays "
+                f"`migrating` and committed work is kept. Free space, then run "
+                f"`{self.cli_name} up` to continue."
             )
-            failed.cause = exc
-            return failed
-        self.reporter(Event("step_failed", f"{step.id} failed: {error}", step.id))
-        hint = self._failure_hint(step)
-        if isinstance(exc, MigrateError) and exc.hint:
-            hint = f"{exc.hint}\n{hint}"
+        else:
+            self.reporter(Event("step_failed", f"{step.id} failed: {error}", step.id))
+            hint = self._failure_hint(step)
+            if isinstance(exc, MigrateError) and exc.hint:
+                hint = f"{exc.hint}\n{hint}"
         failed = MigrationFailed(step.id, error, hint=hint, details=details)
         failed.cause = exc
         return failed
 
-    def _interrupted(self, step: Step, started_at: object, started: float, note: str) -> None:
-        record = HistoryRecord(
-            0,
-            step.id,
-            step.migration.description,
-            step.kind,
-            started_at,  # type: ignore[arg-type]
-            time.monotonic() - started,
-            False,
-            note=note,
-        )
+    def _interrupted(self, step: Step, clock: _Clock, note: str) -> None:
         progress = self.state.in_progress
         if progress is not None:
             self.state = self.state.evolve(in_progress=replace(progress, note=note))
-        self.state = self.states.write_state(self.state, record)
+        self.state = self.states.write_state(
+            self.state, self._history(step, clock, success=False, note=note)
+        )
         self.reporter(Event("interrupted", note, step.id))
 
     def _hard_stop(self, step: Step, signum: int) -> MigrateError:

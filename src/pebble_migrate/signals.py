@@ -28,11 +28,13 @@ class SignalGuard:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.first = 0
         self._previous: dict[int, Any] = {}
+        self._saved: dict[int, Any] = {}
 
     def __enter__(self) -> SignalGuard:
         if self.enabled:
             for signum in HANDLED:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self._saved = dict(self._previous)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -46,7 +48,7 @@ class SignalGuard:
 
     def previous_handler(self, signum: int) -> Any:
         """Return the handler that was in place before the run for `signum`."""
-        return self._previous.get(signum)
+        return self._saved.get(signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.first:

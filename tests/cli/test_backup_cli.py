@@ -275,9 +275,9 @@ def test_list_table(invoke: Invoke, db: Path, clock: Clock) -> None:
 
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["id", "created", "age", "version", "size", "description"]
+    assert lines[0].split() == ["id", "created", "(UTC)", "age", "version", "size", "description"]
     assert first.id in lines[1]
-    assert "2024-02-27 12:00:00 UTC" in lines[1]
+    assert "2024-02-27 12:00:00" in lines[1]
     assert " 3d " in lines[1]
     assert lines[1].rstrip().endswith("nightly")
     assert f"{second.id} (archive)" in lines[2]

@@ -265,3 +265,36 @@ def test_up_create_makes_a_new_raw_database(invoke: Invoke, project: Path) -> No
     status = json.loads(invoke("status", "-d", "fresh", "--json").stdout)
     assert status["current_version"] == 1700100000  # empty: stamped at latest
     assert status["history"][0]["note"] == "skipped: fresh database"
+
+
+def test_up_from_start_asks_and_needs_yes_without_a_terminal(invoke: Invoke, project: Path) -> None:
+    write_migration(
+        project / "migrations",
+        "1700200000_plus",
+        """
+        import os
+        def up(ctx):
+            for key, _ in ctx.scan(prefix=b"user:"):
+                if key == b"user:1" and os.environ.get("FAIL"):
+                    raise RuntimeError("stop")
+                ctx.put(key, ctx.get(key) + b"+")
+    """,
+    )
+    assert invoke("up", "-d", "db", "--chunk-records", "1", env={"FAIL": "1"}).exit_code == 6
+    assert invoke("force-clean", "-d", "db", "--yes").exit_code == 0
+    before = snapshot(project / "db")
+    refused = invoke("up", "-d", "db", "--from-start")
+    assert refused.exit_code == 2
+    assert "not idempotent" in refused.stderr and "--yes" in refused.stderr
+    assert snapshot(project / "db") == before
+    done = invoke("up", "-d", "db", "--from-start", "--yes")
+    assert done.exit_code == 0, done.stderr
+    assert "discarded the progress of 1700200000_plus" in done.stderr
+    data = contents(project / "db")["default"]
+    assert data[b"user:0"] == b"NAME0++"  # committed before the failure, then again
+    assert data[b"user:1"] == b"NAME1+"
+
+
+def test_progress_lines_without_a_terminal(invoke: Invoke, project: Path) -> None:
+    result = invoke("up", "-d", "db", "--no-backup")
+    assert "1700100000_upper: 3 of ~3 keys" in result.stderr
