@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,22 @@ def invoke() -> Invoke:
 def snapshot(path: Path) -> dict[str, Any]:
     """Return everything a command could change: all column families, state included."""
     return contents(path, state=True)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
+    """Mount a small tmpfs at `where` for the block; skip the test (saying why) if we may not."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)

@@ -5,14 +5,12 @@ The helpers at the top are shared with the restore, CLI and crash tests.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from pebble_migrate.backup import (
 from pebble_migrate.commands import RunOptions, up
 from pebble_migrate.state import read_state
 from pebble_migrate.testing import contents
-from tests.conftest import migration, put_items, registry_of
+from tests.conftest import migration, put_items, registry_of, tmpfs
 
 T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 CLOCK_USERS = (
@@ -110,25 +108,6 @@ def dead_pid() -> int:
         text=True,
     )
     return int(child.stdout)
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
-    """Mount a small tmpfs at `where` for the block; skip the test (saying why) if we may not."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 class Clock:

@@ -19,8 +19,8 @@ ENV_NO_EXCHANGE = "PEBBLE_MIGRATE_NO_RENAME_EXCHANGE"
 tests use it to exercise the two-renames fallback on kernels that do support it."""
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (creations, renames) to disk."""
+def fsync_path(path: Path) -> None:
+    """Flush a file's content, or a directory's entries (creations, renames), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -28,13 +28,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a file's content to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = fsync_path
+fsync_file = fsync_path
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

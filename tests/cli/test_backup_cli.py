@@ -20,7 +20,7 @@ import pytest
 
 from pebble_migrate.backup import BackupInfo, create_backup, list_backups
 from pebble_migrate.testing import contents
-from tests.conftest import Invoke, snapshot, write_migration
+from tests.conftest import Invoke, snapshot, tmpfs, write_migration
 from tests.test_backup import (
     T0,
     Clock,
@@ -29,7 +29,6 @@ from tests.test_backup import (
     filled_db,
     initialize,
     put,
-    tmpfs,
     tree,
 )
 from tests.test_restore import held_open, run_restore
