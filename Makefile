@@ -33,7 +33,7 @@ crashtest: $(STAMP)
 	$(BIN)/python scripts/crashtest.py --quick
 
 crashtest-long: $(STAMP)
-	$(BIN)/python scripts/crashtest.py --keys 1000000 --kills 200
+	$(BIN)/python scripts/crashtest.py --keys 1000000 --kills 200 --chunk 10000
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick

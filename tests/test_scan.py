@@ -17,6 +17,8 @@ from pebble_migrate import (
     Status,
     UsageError,
     commands,
+    maintenance,
+    validation,
 )
 from pebble_migrate.commands import RunOptions
 from pebble_migrate.executor import run_records
@@ -146,7 +148,7 @@ def test_exception_keeps_committed_chunks_and_resume_is_exactly_once(users_db: P
     cursor = records[("1700000000_plus", "apply")].scans["default"]
     assert (cursor.after, cursor.count, cursor.done) == (b"user:019", 20, False)
 
-    commands.force_clean(users_db)
+    maintenance.force_clean(users_db)
     events: list[Event] = []
     fixed = registry_of(migration("1700000000_plus", up=_plus))
     commands.up(users_db, fixed, options=_opts(10, events))
@@ -253,7 +255,7 @@ def test_from_start_discards_progress_and_reapplies(users_db: Path) -> None:
     reg = registry_of(migration("1700000000_plus", up=lambda ctx: _plus(ctx, b"user:025")))
     with pytest.raises(MigrationFailed):
         commands.up(users_db, reg, options=_opts(10))
-    commands.force_clean(users_db)
+    maintenance.force_clean(users_db)
     asked: list[str] = []
     opts = _opts(10)
     opts.confirm = lambda q: asked.append(q) is None
@@ -284,7 +286,7 @@ def test_down_of_partly_applied_migration_runs_down_and_clears_cursor(users_db: 
             ),
             options=_opts(10),
         )
-    commands.force_clean(users_db)
+    maintenance.force_clean(users_db)
     reg = registry_of(migration("1600000000_base"), *failing.all())
     outcome = commands.down(users_db, reg, "1600000000")
     assert outcome.plan.ids == ("1700000000_plus",)
@@ -307,7 +309,7 @@ def test_loose_writes_before_a_scan_are_not_replayed_on_resume(users_db: Path) -
             registry_of(migration("1700000000_c", up=lambda c: counted(c, True))),
             options=_opts(10),
         )
-    commands.force_clean(users_db)
+    maintenance.force_clean(users_db)
     commands.up(
         users_db,
         registry_of(migration("1700000000_c", up=lambda c: counted(c, False))),
@@ -339,7 +341,13 @@ def test_progress_events_report_counts(users_db: Path) -> None:
         users_db, registry_of(migration("1700000000_p", up=_plus)), options=_opts(10, events)
     )
     progress = [e for e in events if e.kind == "progress"]
-    assert progress[-1].data == {"scan": "default", "done": 100, "total": 100}
+    assert progress[-1].data == {
+        "scan": "default",
+        "done": 100,
+        "total": 100,
+        "action": "apply",
+        "label": "1700000000_p",
+    }
 
 
 def test_validate_scans_a_snapshot_and_cannot_write_directly(users_db: Path) -> None:
@@ -353,4 +361,45 @@ def test_validate_scans_a_snapshot_and_cannot_write_directly(users_db: Path) -> 
 
     reg = registry_of(migration("1700000000_p", up=_plus, validate=check))
     commands.up(users_db, reg)
-    assert commands.validate(users_db, reg).problems == []
+    assert validation.validate(users_db, reg).problems == []
+
+
+def test_down_of_partly_applied_migration_can_stop_where_up_stopped(users_db: Path) -> None:
+    def undo(ctx: Any) -> None:
+        stop = ctx.partial["default"] if ctx.partial else None
+        for key, value in ctx.scan(prefix=b"user:"):
+            if stop is not None and key > stop:
+                break
+            ctx.put(key, value[:-1])  # a naive inverse: only right where up wrote
+
+    reg = registry_of(
+        migration("1700000000_plus", up=lambda ctx: _plus(ctx, b"user:025"), down=undo)
+    )
+    with pytest.raises(MigrationFailed):
+        commands.up(users_db, reg, options=_opts(10))
+    maintenance.force_clean(users_db)
+    commands.down(users_db, reg, "0")
+    assert contents(users_db)["default"] == {**USERS, b"other:1": b"x"}
+
+
+def test_str_prefix_in_a_pickle_mode_database(tmp_path: Path) -> None:
+    import rocksdict
+
+    path = tmp_path / "pickled"
+    db = rocksdict.Rdict(str(path))
+    for i in range(5):
+        db[f"user:{i}"] = f"v{i}"
+    db["zzz"] = "other"
+    db.close()
+
+    def up(ctx: Any) -> None:
+        for key, value in ctx.scan(prefix="user:"):
+            ctx.put(key, value.upper())
+
+    commands.up(path, registry_of(migration("1700000000_a", up=up)))
+    db = rocksdict.Rdict(str(path))
+    try:
+        assert [db[f"user:{i}"] for i in range(5)] == [f"V{i}" for i in range(5)]
+        assert db["zzz"] == "other"
+    finally:
+        db.close()

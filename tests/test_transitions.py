@@ -15,6 +15,8 @@ from pebble_migrate import (
     UnknownTarget,
     UsageError,
     commands,
+    maintenance,
+    validation,
 )
 from pebble_migrate.state import InProgress, StateStore
 from pebble_migrate.store import open_database
@@ -177,7 +179,7 @@ def test_force_clean_does_not_mark_applied_and_up_runs_it_again(db_path: Path) -
     reg = registry_of(migration("1700000000_flaky", up=flaky))
     with pytest.raises(MigrationFailed):
         commands.up(db_path, reg)
-    before, after = commands.force_clean(db_path)
+    before, after = maintenance.force_clean(db_path)
     assert (before.status, after.status) == (Status.DIRTY, Status.CLEAN)
     assert after.applied == frozenset()
     record = commands.history(db_path)[-1]
@@ -191,7 +193,7 @@ def test_force_clean_does_not_mark_applied_and_up_runs_it_again(db_path: Path) -
 def test_force_clean_on_clean_database_changes_nothing(db_path: Path) -> None:
     commands.up(db_path, registry_of(migration("1700000000_a")))
     before = snapshot(db_path)
-    old, new = commands.force_clean(db_path)
+    old, new = maintenance.force_clean(db_path)
     assert old is new
     assert snapshot(db_path) == before
 
@@ -310,11 +312,11 @@ def test_repair_adds_missing_history_and_fixes_version(db_path: Path) -> None:
             )
     finally:
         db.close()
-    report = commands.repair(db_path)
+    report = maintenance.repair(db_path)
     assert report.added_history == ["1700100000_b"]
     assert report.version_fixed == (5, 1700100000)
     assert _state(db_path).current_version == 1700100000
-    assert commands.repair(db_path).added_history == []
+    assert maintenance.repair(db_path).added_history == []
 
 
 def test_interrupted_non_resumable_refuses_and_rerunnable_recovers(db_path: Path) -> None:
@@ -351,7 +353,7 @@ def test_validate_reports_problems(db_path: Path) -> None:
 
     reg = registry_of(migration("1700000000_a", up=put_items({b"a": b"2"}), validate=check))
     commands.up(db_path, reg)
-    report = commands.validate(db_path, reg)
+    report = validation.validate(db_path, reg)
     assert report.problems == ["validate 1700000000_a: a is wrong"]
 
 
@@ -362,7 +364,7 @@ def test_validate_may_not_write(db_path: Path) -> None:
     reg = registry_of(migration("1700000000_a", validate=sneaky))
     commands.up(db_path, reg)
     before = snapshot(db_path)
-    report = commands.validate(db_path, reg)
+    report = validation.validate(db_path, reg)
     assert report.problems == [
         "validate 1700000000_a: validate() must not write; it only checks the data."
     ]
@@ -385,7 +387,7 @@ def test_validate_flags_inconsistent_state(db_path: Path) -> None:
             )
     finally:
         db.close()
-    problems = commands.validate(db_path, reg).problems
+    problems = validation.validate(db_path, reg).problems
     assert any(p.startswith("status:") for p in problems)
     assert any("1700100000_gone" in p and p.startswith("code:") for p in problems)
     assert any(p.startswith("version:") for p in problems)

@@ -10,19 +10,7 @@ from pebble_migrate.backup import (
     create_backup,
     list_backups,
 )
-from pebble_migrate.commands import (
-    Aborted,
-    RunOptions,
-    create,
-    down,
-    force_clean,
-    history,
-    repair,
-    rerun,
-    status,
-    up,
-    validate,
-)
+from pebble_migrate.commands import Aborted, RunOptions, down, history, rerun, status, up
 from pebble_migrate.context import ChunkPolicy, MigrationContext
 from pebble_migrate.errors import (
     ConfirmationRequired,
@@ -54,16 +42,19 @@ from pebble_migrate.errors import (
     ValidationFailed,
 )
 from pebble_migrate.events import Event
+from pebble_migrate.maintenance import create, force_clean, repair
 from pebble_migrate.migration import Migration
 from pebble_migrate.plan import Plan, Step
 from pebble_migrate.registry import Registry, default_registry, load_migrations, register
 from pebble_migrate.restore import OtherDatabase, RestoreResult, restore_backup
+from pebble_migrate.restore import recover as recover_interrupted_restore
 from pebble_migrate.startup import (
     StartupOptions,
     check_and_run_startup_migrations,
     default_startup_options,
 )
 from pebble_migrate.state import HistoryRecord, State, Status, read_state
+from pebble_migrate.validation import validate
 
 __all__ = [
     "Aborted",
@@ -125,6 +116,7 @@ __all__ = [
     "list_backups",
     "load_migrations",
     "read_state",
+    "recover_interrupted_restore",
     "register",
     "repair",
     "rerun",

@@ -384,7 +384,15 @@ def load_backup(path: Path) -> BackupInfo:
 
 
 def verify_backup(info: BackupInfo, data_dir: Path | None = None) -> None:
-    """Raise BackupCorrupt unless every recorded file is present with its size and checksum."""
+    """Raise BackupCorrupt unless every recorded file is present with its size and checksum.
+
+    An archive is read through once, its files hashed as they stream by.
+    """
+    if info.archive and data_dir is None:
+        from pebble_migrate.archive import verify_archive
+
+        verify_archive(info)
+        return
     folder = data_dir or info.path / DATA
     recorded = {f.name: f for f in info.files}
     present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import rocksdict
 
 from pebble_migrate import plan as planner
 from pebble_migrate import restore, store, views
-from pebble_migrate.context import ChunkPolicy, MigrationContext
+from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
 from pebble_migrate.errors import MigrateError, MigrationFailed, UsageError
 from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
-from pebble_migrate.migration import Migration, is_valid_name
+from pebble_migrate.migration import Migration
 from pebble_migrate.registry import Registry
 from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
 from pebble_migrate.units import utc_now
 
+log = logging.getLogger("pebble_migrate")
+
 Confirm = Callable[[str], bool]
 BeforeWrite = Callable[[rocksdict.Rdict, State, planner.Plan], None]
 
 
-def _always(question: str) -> bool:
+def always(question: str) -> bool:
+    """Answer yes to every question (the library default: callers decide about prompts)."""
     return True
 
 
@@ -45,7 +48,9 @@ class Session:
     def __init__(self, db_path: str | Path, *, read_only: bool, create: bool = False) -> None:
         self.path = Path(db_path)
         self.read_only = read_only
-        restore.recover(self.path)
+        finished = restore.recover(self.path)
+        if finished:
+            log.warning("%s", finished)
         self.db = store.open_database(db_path, read_only=read_only, create=create)
         self.states = StateStore(self.db, str(db_path))
 
@@ -94,6 +99,7 @@ class StatusReport:
     pending: list[Migration]
     missing: list[str]
     history: list[HistoryRecord]
+    last: HistoryRecord | None = None
     interrupted: RunRecord | None = None
     partial: list[RunRecord] = field(default_factory=list)
     fresh_empty: bool = False
@@ -118,7 +124,7 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
         state = states.read()
         records = run_records(states)
         fresh_empty = not state.initialized and store.is_empty(db, str(db_path))
-        recent = states.history(limit=history) if history else []
+        recent = states.history(limit=max(history, 1))
     pending = [] if fresh_empty else planner.pending(migrations, state.applied)
     known = {m.id for m in migrations}
     progress = state.in_progress
@@ -135,7 +141,8 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
         migrations=migrations,
         pending=pending,
         missing=sorted(mid for mid in state.applied if mid not in known) if registry else [],
-        history=recent,
+        history=recent[-history:] if history else [],
+        last=recent[-1] if recent else None,
         interrupted=interrupted,
         partial=[r for r in partial if r.migration_id not in state.applied],
         fresh_empty=fresh_empty,
@@ -155,7 +162,7 @@ def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRec
 class RunOptions:
     """How up/down/rerun run: confirmation, reporting, chunking, signals."""
 
-    confirm: Confirm = _always
+    confirm: Confirm = always
     reporter: Reporter = null_reporter
     policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     handle_signals: bool = True
@@ -172,6 +179,8 @@ class Outcome:
     plan: planner.Plan
     report: RunReport | None
     initialized: bool = False
+    stamp: bool = False
+    cleared: str | None = None
 
 
 def up(
@@ -195,7 +204,8 @@ def up(
         if fresh and store.is_empty(db, str(db_path)):
             if not dry_run:
                 initialize(states, migrations, opts.reporter)
-            return Outcome(planner.Plan("up", (), 0, registry.latest_version), None, fresh)
+            stamp = planner.Plan("up", (), 0, registry.latest_version)
+            return Outcome(stamp, None, fresh, stamp=bool(migrations))
         require_clean(state, {m.id: m for m in migrations}, "up", opts.cli_name)
         plan = planner.plan_up(migrations, state.applied, version)
         _check_interrupted_in_plan(state, plan, opts.cli_name)
@@ -233,17 +243,43 @@ def down(
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
-        plan = planner.plan_down(
-            migrations, state.applied | _partly_applied(states, state), version
-        )
+        partial = _partly_applied(states, state)
+        plan = planner.plan_down(migrations, state.applied | partial, version)
+        if not plan and state.status is Status.DIRTY:
+            return _clear_failed(states, state, plan, opts, dry_run)
         if dry_run or not plan:
             return Outcome(plan, None)
-        if not opts.confirm(f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
+        question = f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"
+        partly = [mid for mid in plan.ids if mid in partial]
+        if partly:
+            question += (
+                f" ({', '.join(partly)} only partly applied: its down runs over all the data "
+                "its scans cover unless it checks ctx.partial.)"
+            )
+        if not opts.confirm(question):
             raise Aborted()
         if opts.check_space:
             check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
         return Outcome(plan, _execute(session, plan, opts))
+
+
+def _clear_failed(
+    states: StateStore, state: State, plan: planner.Plan, opts: RunOptions, dry_run: bool
+) -> Outcome:
+    """`down` after a failure that left nothing to undo: just record the way back to clean."""
+    progress = state.in_progress
+    mid = progress.id if progress else "-"
+    note = f"{mid} failed and left no writes to undo; status dirty -> clean"
+    if dry_run:
+        return Outcome(plan, None, cleared=note)
+    if not opts.confirm(f"{mid} failed and left no writes; mark the database clean?"):
+        raise Aborted()
+    record = HistoryRecord(
+        0, mid, "rolled back a failed migration", "rollback", utc_now(), 0.0, True, note=note
+    )
+    states.write_state(state.evolve(status=Status.CLEAN, in_progress=None, last_error=None), record)
+    return Outcome(plan, None, cleared=note)
 
 
 def _partly_applied(states: StateStore, state: State) -> set[str]:
@@ -372,265 +408,3 @@ def _discard(states: StateStore, records: list[RunRecord], opts: RunOptions) -> 
         opts.reporter(
             Event("notice", f"discarded the progress of {r.migration_id}", r.migration_id)
         )
-
-
-# --- maintenance --------------------------------------------------------------------
-
-
-def force_clean(db_path: str | Path, *, confirm: Confirm = _always) -> tuple[State, State]:
-    """Set the status to clean without marking the interrupted migration applied.
-
-    Committed scan progress is kept, so the next `up` continues it. Returns (before, after).
-    """
-    with opened(db_path, read_only=False) as session:
-        states = session.states
-        before = states.read()
-        if not before.initialized or (before.status is Status.CLEAN and not before.in_progress):
-            return before, before
-        progress = before.in_progress
-        what = f"{before.status.value}" + (f" ({progress.id})" if progress else "")
-        if not confirm(f"Force the status from {what} to clean?"):
-            raise Aborted()
-        record = HistoryRecord(
-            0,
-            progress.id if progress else "-",
-            f"status was {what}",
-            "force-clean",
-            utc_now(),
-            0.0,
-            True,
-            error=before.last_error,
-            note="status forced to clean; migration not marked applied",
-        )
-        after = states.write_state(
-            before.evolve(status=Status.CLEAN, in_progress=None, last_error=None), record
-        )
-        return before, after
-
-
-@dataclass
-class RepairReport:
-    """What `repair` changed."""
-
-    added_history: list[str]
-    version_fixed: tuple[int, int] | None
-
-
-def repair(db_path: str | Path, *, confirm: Confirm = _always) -> RepairReport:
-    """Add missing history for applied ids and correct a version that disagrees with them."""
-    with opened(db_path, read_only=False) as session:
-        states = session.states
-        state = states.read()
-        if not state.initialized:
-            raise UsageError(f"{db_path} has no migration state to repair.", hint="Run `up` first.")
-        seen = {r.id for r in states.history() if r.success}
-        missing = sorted(mid for mid in state.applied if mid not in seen)
-        version = planner.version_of(state.applied)
-        fix = (state.current_version, version) if version != state.current_version else None
-        if not missing and fix is None:
-            return RepairReport([], None)
-        if not confirm(
-            f"Add history for {len(missing)} applied migration(s)"
-            + (f" and set the version {fix[0]} -> {fix[1]}" if fix else "")
-            + "?"
-        ):
-            raise Aborted()
-        now = utc_now()
-        records = [
-            HistoryRecord(
-                0,
-                mid,
-                "history added by repair",
-                "repair",
-                state.applied_at.get(mid, now),
-                0.0,
-                True,
-                note="applied before history was recorded",
-            )
-            for mid in missing
-        ]
-        if fix:
-            records.append(
-                HistoryRecord(
-                    0,
-                    "-",
-                    f"version {fix[0]} -> {fix[1]}",
-                    "repair",
-                    now,
-                    0.0,
-                    True,
-                    note="version recomputed from applied set",
-                )
-            )
-        states.write_state(state.evolve(current_version=version), *records)
-        return RepairReport(missing, fix)
-
-
-def create(directory: str | Path, name: str, *, now: datetime | None = None) -> Path:
-    """Write a ready-to-edit migration file named `<timestamp>_<name>.py`; return its path."""
-    if not is_valid_name(name):
-        raise UsageError(
-            f"invalid migration name {name!r}: use letters, digits and underscores.",
-            hint="For example: pebble-migrate create add_email_index",
-        )
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = int((now or utc_now()).timestamp())
-    taken = {p.stem.split("_", 1)[0] for p in root.glob("*.py")}
-    while str(stamp) in taken:
-        stamp += 1  # versions must be unique; two files in the same second get consecutive ones
-    path = root / f"{stamp}_{name}.py"
-    path.write_text(_TEMPLATE.format(title=name.replace("_", " ").capitalize()))
-    return path
-
-
-_TEMPLATE = '''"""{title}."""
-
-# Set to True only if up() is safe to run again from the start after an interruption.
-# A migration that writes only through ctx.scan/ctx.put/ctx.delete resumes by itself.
-rerunnable = False
-dependencies: list[str] = []
-
-
-def up(ctx):
-    for key, value in ctx.scan(prefix=b"example:"):
-        ctx.put(key, value)
-
-
-def down(ctx):
-    for key, value in ctx.scan(prefix=b"example:"):
-        ctx.put(key, value)
-
-
-def validate(ctx):
-    """Return a list of problems (empty when the data is as up() leaves it)."""
-    return []
-'''
-
-
-# --- validate -----------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    """One validation check and its outcome."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class ValidationReport:
-    """The checks `validate` ran."""
-
-    checks: list[Check]
-
-    @property
-    def problems(self) -> list[str]:
-        """The failed checks, as `name: detail`."""
-        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
-
-
-def validate(db_path: str | Path, registry: Registry) -> ValidationReport:
-    """Check the registry, the state's consistency and each applied migration's data."""
-    checks: list[Check] = []
-    migrations = registry.ordered()
-    checks.append(Check("registry", True, f"{len(migrations)} migration(s), order resolved"))
-    with opened(db_path, read_only=True) as session:
-        db, states = session.db, session.states
-        state = states.read()
-        records = run_records(states)
-        seen = {r.id for r in states.history() if r.success}
-        checks.extend(_state_checks(state, migrations, records, seen))
-        by_id = {m.id: m for m in migrations}
-        for m in (by_id[mid] for mid in _applied_in_order(migrations, state)):
-            checks.append(_run_validate(db, m))
-    return ValidationReport(checks)
-
-
-def _applied_in_order(migrations: list[Migration], state: State) -> list[str]:
-    return [m.id for m in migrations if m.id in state.applied and m.validate is not None]
-
-
-def _state_checks(
-    state: State,
-    migrations: list[Migration],
-    records: dict[tuple[str, str], RunRecord],
-    seen: set[str],
-) -> list[Check]:
-    if not state.initialized:
-        return [Check("state", False, "no migration state recorded yet; run `up`")]
-    checks = [
-        Check(
-            "status",
-            state.status is Status.CLEAN,
-            f"status is {state.status.value}"
-            + (f" ({state.in_progress.id})" if state.in_progress else ""),
-        ),
-    ]
-    expected = planner.version_of(state.applied)
-    checks.append(
-        Check(
-            "version",
-            expected == state.current_version,
-            f"recorded {state.current_version}, applied set says {expected}",
-        )
-    )
-    known = {m.id: m for m in migrations}
-    lost = sorted(mid for mid in state.applied if mid not in known)
-    checks.append(
-        Check(
-            "code",
-            not lost,
-            "applied but missing from the migrations directory: " + ", ".join(lost)
-            if lost
-            else "every applied migration has its code",
-        )
-    )
-    unmet = sorted(
-        f"{mid} needs {dep}"
-        for mid in state.applied
-        if mid in known
-        for dep in known[mid].dependencies
-        if dep not in state.applied
-    )
-    checks.append(Check("dependencies", not unmet, "; ".join(unmet) or "all met"))
-    no_history = sorted(mid for mid in state.applied if mid not in seen)
-    checks.append(
-        Check(
-            "history",
-            not no_history,
-            "no history for " + ", ".join(no_history) + " (run `repair`)"
-            if no_history
-            else "every applied id has history",
-        )
-    )
-    partial = sorted(f"{mid} ({r.describe()})" for (mid, _), r in records.items())
-    checks.append(
-        Check(
-            "progress",
-            not partial,
-            "partly applied: " + ", ".join(partial) if partial else "no partly applied migration",
-        )
-    )
-    return checks
-
-
-def _run_validate(db: rocksdict.Rdict, migration: Migration) -> Check:
-    ctx = MigrationContext(db, migration, run=None)
-    name = f"validate {migration.id}"
-    try:
-        assert migration.validate is not None
-        result = migration.validate(ctx)
-    except MigrateError as exc:
-        return Check(name, False, exc.message)
-    except Exception as exc:  # noqa: BLE001 - user code may raise anything
-        return Check(name, False, f"{type(exc).__name__}: {exc}")
-    finally:
-        ctx.release()
-    if result is False:
-        return Check(name, False, "validate() returned False")
-    if isinstance(result, list | tuple) and result:
-        return Check(name, False, "; ".join(str(p) for p in result))
-    return Check(name, True, "ok")

@@ -25,12 +25,21 @@ class ProjectConfig:
 
 
 def find_pyproject(start: Path) -> Path | None:
-    """Return the nearest pyproject.toml at or above `start`."""
+    """Return the nearest pyproject.toml at or above `start` with a [tool.pebble-migrate]
+    table (one without it, like a sub-package's, does not hide its parent's settings)."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
+        if candidate.is_file() and _has_table(candidate):
             return candidate
     return None
+
+
+def _has_table(path: Path) -> bool:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    return "pebble-migrate" in data.get("tool", {})
 
 
 def load_project_config(start: Path | None = None) -> ProjectConfig:

@@ -65,7 +65,13 @@ class MigrationContext:
     `put`/`delete` go into a batch committed atomically with the state change that records
     the migration (or, inside `scan`, with the scan's cursor, chunk by chunk); `get` sees
     those pending writes; `db` is the open rocksdict.Rdict for anything else.
+
+    `partial` is None, except in the `down` of a migration whose `up` never finished: then
+    it maps each scan of `up` to the last key whose work was committed (None if none was),
+    so `down` can leave alone the data `up` never reached.
     """
+
+    partial: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -158,12 +164,14 @@ class MigrationContext:
 
     def _emit_progress(self, scan: str, done: int, total: int | None) -> None:
         assert self._run is not None
+        action = self._record.action
+        label = self.migration.id + (" (rollback)" if action == "rollback" else "")
         self._run.report(
             Event(
                 "progress",
-                f"{self.migration.id}: {done}" + (f" of ~{total}" if total else ""),
+                f"{label}: {done}" + (f" of ~{total}" if total else ""),
                 self.migration.id,
-                {"scan": scan, "done": done, "total": total},
+                {"scan": scan, "done": done, "total": total, "action": action, "label": label},
             )
         )
 

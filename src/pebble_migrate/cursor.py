@@ -38,6 +38,10 @@ class RunRecord:
         """The state-family key this record lives under."""
         return record_key(self.migration_id, self.action)
 
+    def reached(self) -> dict[str, Any]:
+        """Return, per scan, the last key whose work was committed (None: none yet)."""
+        return {name: c.after for name, c in self.scans.items()}
+
     def describe(self) -> str:
         """Return where the run stands, as `after b'user:42' (42 of ~100)`."""
         open_scans = [c for c in self.scans.values() if not c.done and c.after is not None]

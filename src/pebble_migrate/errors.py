@@ -22,6 +22,9 @@ class MigrateError(Exception):
     """Base of every error pebble-migrate raises; the CLI prints it as `Error: ...`."""
 
     exit_code = EXIT_ERROR
+    expected = False
+    """True for outcomes that are answers, not faults (validation failed, not clean): the
+    CLI shows no traceback for them even with -v."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -38,6 +41,7 @@ class MigrateError(Exception):
 class UsageError(MigrateError):
     """Raised when options or arguments are missing or contradict each other."""
 
+    expected = True
     exit_code = EXIT_USAGE
 
 
@@ -159,10 +163,8 @@ class CorruptStateError(StateError):
 class NotCleanError(StateError):
     """Raised when up/down/rerun find the database migrating, dirty or rolling back."""
 
+    expected = True
     exit_code = EXIT_NOT_CLEAN
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
 
 
 # --- migrations and their registry -----------------------------------------------
@@ -271,6 +273,7 @@ class IrreversibleMigration(PlanError):
 class PendingMigrations(MigrateError):
     """Raised by the startup check when migrations are pending and may not run."""
 
+    expected = True
     exit_code = EXIT_PENDING
 
     def __init__(self, ids: Sequence[str], cli_name: str) -> None:
@@ -297,6 +300,7 @@ class MigrationFailed(MigrateError):
 class ValidationFailed(MigrateError):
     """Raised when `validate` finds problems."""
 
+    expected = True
     exit_code = EXIT_VALIDATION_FAILED
 
     def __init__(self, problems: Sequence[str]) -> None:
@@ -310,6 +314,8 @@ class ValidationFailed(MigrateError):
 
 class MigrationInterrupted(MigrateError):
     """Raised when SIGINT or SIGTERM stopped a migration at a safe point."""
+
+    expected = True
 
     def __init__(self, message: str, *, signum: int, hint: str) -> None:
         import signal

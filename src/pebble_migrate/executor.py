@@ -202,7 +202,8 @@ class Executor:
     def _run_step(self, step: Step) -> StepResult:
         self._step = step
         action = "apply" if step.action == "apply" else "rollback"
-        record = run_records(self.states).get((step.id, action))
+        records = run_records(self.states)
+        record = records.get((step.id, action))
         resumed = record.describe() if record is not None else None
         clock = _Clock()
         self._begin(step, resumed)
@@ -213,6 +214,8 @@ class Executor:
             record=record or RunRecord(step.id, action),
             logger=self.logger,
         )
+        if step.action == "rollback" and (step.id, "apply") in records:
+            ctx.partial = records[(step.id, "apply")].reached()
         fn = step.migration.up if step.action == "apply" else step.migration.down
         assert fn is not None
         try:
@@ -399,7 +402,10 @@ class Executor:
         record = records.get((step.id, "apply" if step.action == "apply" else "rollback"))
         kept = ""
         if record is not None and record.scans:
-            kept = f" Work committed so far is kept; `{cli} up` continues {record.describe()}."
+            kept = (
+                f" Work committed so far is kept: after `{cli} force-clean`, `{cli} up` "
+                f"continues {record.describe()}."
+            )
         return (
             f"The status is now `dirty`; the failed chunk was discarded.{kept} "
             f"Fix the cause, then run `{cli} force-clean` and `{cli} up`; or roll back with "

@@ -493,5 +493,15 @@ def _recover(dest: Path, record: dict[str, Any]) -> str:
             staging.rename(dest)
             fsync_dir(dest.parent)
             return f"finished an interrupted restore into {dest}"
+    if record["replacing"] and record.get("mode") == "rename" and _moved_aside(record).exists():
+        # The old database was moved aside and something has since created a new one at
+        # the target (an application opening the path creates an empty database). Which
+        # one is wanted is not ours to guess, so nothing is deleted.
+        raise BackupError(
+            f"an interrupted restore moved the database at {dest} to {_moved_aside(record)}, "
+            f"and a new database has appeared at {dest} since.",
+            hint=f"Nothing was changed. The restored copy is {staging}. Put the one you want "
+            f"at {dest}, then delete {_journal_path(dest)}.",
+        )
     shutil.rmtree(staging, ignore_errors=True)
     return f"cleaned up an interrupted restore; {dest} is unchanged"

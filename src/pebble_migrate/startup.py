@@ -11,7 +11,7 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import store
+from pebble_migrate import restore, store
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.errors import MigrationInterrupted, PendingMigrations
 from pebble_migrate.events import log_reporter
@@ -58,6 +58,9 @@ def check_and_run_startup_migrations(
     """
     opts = opts or default_startup_options()
     reporter = log_reporter(opts.logger)
+    finished = restore.recover(Path(db_path))  # leftovers of a restore killed midway
+    if finished:
+        opts.logger.warning("%s", finished)
     migrations = opts.registry.ordered()
     states = StateStore(db, str(db_path))
     try:

@@ -136,9 +136,18 @@ def is_raw_mode(db: rocksdict.Rdict) -> bool:
     return False
 
 
-def successor(prefix: bytes) -> bytes | None:
-    """Return the smallest key greater than every key starting with `prefix` (None: no bound)."""
-    trimmed = prefix.rstrip(b"\xff")
+def successor(prefix: Any) -> Any:
+    """Return the smallest key greater than every key starting with `prefix` (None: no bound).
+
+    Works for bytes keys and, in pickle-mode databases, for str keys.
+    """
+    if isinstance(prefix, str):
+        top = chr(0x10FFFF)
+        trimmed_text = prefix.rstrip(top)
+        if not trimmed_text:
+            return None
+        return trimmed_text[:-1] + chr(ord(trimmed_text[-1]) + 1)
+    trimmed = bytes(prefix).rstrip(b"\xff")
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])

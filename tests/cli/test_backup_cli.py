@@ -397,7 +397,23 @@ def test_restore_dry_run_changes_nothing(invoke: Invoke, db: Path, good: BackupI
     unchanged = Unchanged(db)
     result = invoke("backup", "restore", good.id, "-d", str(db), "--dry-run")
     assert result.exit_code == 0, result.stderr
-    assert f"Would restore backup {good.id} (version 0) into {db}." in result.stdout
+    assert f"Would restore backup {good.id} (version 0, verified) into {db}." in result.stdout
+    assert "nothing was changed" in result.stdout
+    unchanged.check()
+
+
+def test_restore_dry_run_verifies_and_speaks_json(
+    invoke: Invoke, db: Path, good: BackupInfo
+) -> None:
+    result = invoke("backup", "restore", good.id, "-d", str(db), "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["would_restore"]["id"] == good.id
+    table = next((good.path / "db").glob("OPTIONS-*"))  # a copy; table files are shared links
+    table.write_bytes(table.read_bytes() + b"#")
+    unchanged = Unchanged(db)
+    damaged = invoke("backup", "restore", good.id, "-d", str(db), "--dry-run")
+    assert damaged.exit_code == 1
+    assert table.name in damaged.stderr
     unchanged.check()
 
 

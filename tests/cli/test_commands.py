@@ -298,3 +298,94 @@ def test_up_from_start_asks_and_needs_yes_without_a_terminal(invoke: Invoke, pro
 def test_progress_lines_without_a_terminal(invoke: Invoke, project: Path) -> None:
     result = invoke("up", "-d", "db", "--no-backup")
     assert "1700100000_upper: 3 of ~3 keys" in result.stderr
+
+
+def test_maintenance_commands_honour_dry_run(invoke: Invoke, project: Path) -> None:
+    write_migration(project / "migrations", "1700200000_boom", "def up(ctx):\n    raise OSError\n")
+    invoke("up", "-d", "db")
+    before = snapshot(project / "db")
+    result = invoke("force-clean", "-d", "db", "--dry-run")
+    assert result.exit_code == 0
+    assert "Would set the status dirty (1700200000_boom) -> clean." in result.stdout
+    _drop_history_of(project / "db", "1700000000_add_users")
+    before = snapshot(project / "db")
+    result = invoke("repair", "-d", "db", "-n", "--json")
+    assert json.loads(result.stdout) == {
+        "added_history": ["1700000000_add_users"],
+        "version_fixed": None,
+        "dry_run": True,
+    }
+    result = invoke("backup", "create", "-d", "db", "--dry-run")
+    assert "Would back up db into db.backups" in result.stdout
+    assert snapshot(project / "db") == before
+    backups_before = sorted(p.name for p in (project / "db.backups").iterdir())
+    assert invoke("backup", "create", "-d", "db", "--dry-run").exit_code == 0
+    assert sorted(p.name for p in (project / "db.backups").iterdir()) == backups_before
+    result = invoke("create", "new_thing", "--dry-run")
+    assert "Would create migrations/" in result.stdout
+    assert not list((project / "migrations").glob("*_new_thing.py"))
+
+
+def _drop_history_of(path: Path, migration_id: str) -> None:
+    import rocksdict
+
+    from pebble_migrate.store import STATE_CF
+
+    db = rocksdict.Rdict(str(path))
+    cf = db.get_column_family(STATE_CF)
+    for key, value in list(cf.items(from_key=b"history/")):
+        if key.startswith(b"history/") and json.loads(value)["id"] == migration_id:
+            del cf[key]
+    del cf
+    db.close()
+
+
+def test_up_dry_run_on_a_fresh_empty_database_says_it_would_stamp(
+    invoke: Invoke, project: Path
+) -> None:
+    create_database(project / "empty")
+    before = snapshot(project / "empty")
+    result = invoke("up", "-d", "empty", "--dry-run")
+    assert result.exit_code == 0
+    assert "Would do: fresh empty database: stamped at version 1700100000" in result.stdout
+    assert snapshot(project / "empty") == before
+    assert "Fresh empty database: stamped" in invoke("up", "-d", "empty").stdout
+
+
+def test_down_from_dirty_with_nothing_to_undo_marks_it_clean(invoke: Invoke, project: Path) -> None:
+    write_migration(project / "migrations", "1700200000_boom", "def up(ctx):\n    raise OSError\n")
+    invoke("up", "-d", "db")
+    result = invoke("down", "1700100000", "-d", "db", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "1700200000_boom failed and left no writes to undo; status dirty -> clean" in (
+        result.stdout
+    )
+    status = json.loads(invoke("status", "-d", "db", "--json").stdout)
+    assert (status["status"], status["current_version"]) == ("clean", 1700100000)
+    assert status["history"][-1]["kind"] == "rollback"
+
+
+def test_verbose_shows_no_traceback_for_expected_outcomes(invoke: Invoke, project: Path) -> None:
+    invoke("up", "-d", "db")
+    import rocksdict
+
+    db = rocksdict.Rdict(str(project / "db"))
+    db[b"user:1"] = b"lower"
+    db.close()
+    result = invoke("validate", "-d", "db", "--verbose")
+    assert result.exit_code == 7
+    assert "Traceback" not in result.stderr
+    assert "Error: validation found 1 problem(s)" in result.stderr
+
+
+def test_nearest_pyproject_with_the_table_wins(
+    invoke: Invoke, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "pyproject.toml").write_text('[tool.pebble-migrate]\ndatabase = "db"\n')
+    sub = project / "service"
+    sub.mkdir()
+    (sub / "pyproject.toml").write_text('[project]\nname = "service"\n')
+    monkeypatch.chdir(sub)
+    result = invoke("status", "--json", "-m", str(project / "migrations"))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["database"] == str(project / "db")

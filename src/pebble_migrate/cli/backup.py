@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pebble_migrate import backup as backups
 from pebble_migrate import restore as restoring
+from pebble_migrate import store
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
@@ -44,6 +45,24 @@ def create_cmd(description: str, compress: bool) -> None:
     """Back up the database now (it must not be open in another process)."""
     s = settings()
     out = renderer(s)
+    if s.dry_run:
+        store.check_database_dir(Path(s.database_path()))
+        where = backups.backup_dir_for(s.database_path(), s.backups())
+        if out.json:
+            out.emit(
+                {
+                    "would_back_up": s.database_path(),
+                    "backup_dir": str(where),
+                    "compress": compress,
+                    "dry_run": True,
+                }
+            )
+        else:
+            out.say(
+                f"Would back up {escape(s.database_path())} into {escape(str(where))}"
+                f"{' as one archive' if compress else ''}. Dry run: nothing was changed."
+            )
+        return
     _recover(s, out)
     info = backups.create_backup(
         s.database_path(), backup_dir=s.backups(), description=description, compress=compress
@@ -94,12 +113,7 @@ def verify_cmd(source: str) -> None:
     if db_path is None and s.backups() is None and not Path(source).exists():
         s.database_path()  # raises the usual "no database given" error
     info = restoring.resolve(source, db_path or "", s.backups())
-    if info.archive:
-        from pebble_migrate.archive import verify_archive
-
-        verify_archive(info)
-    else:
-        backups.verify_backup(info)
+    backups.verify_backup(info)
     out = renderer(s)
     if out.json:
         out.emit({"verified": info.summary()})
@@ -129,7 +143,14 @@ def restore_cmd(
     out = renderer(s)
     if s.dry_run:
         info = restoring.resolve(source, dest, s.backups())
-        out.say(f"Would restore backup {info.id} (version {info.version}) into {escape(dest)}.")
+        backups.verify_backup(info)
+        if out.json:
+            out.emit({"would_restore": info.summary(), "target": dest, "dry_run": True})
+        else:
+            out.say(
+                f"Would restore backup {info.id} (version {info.version}, verified) into "
+                f"{escape(dest)}. Dry run: nothing was changed."
+            )
         return
     result = restoring.restore_backup(
         source,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pebble_migrate import commands
+from pebble_migrate import commands, validation
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.options import Settings, global_options, settings
 from pebble_migrate.cli.render import Renderer
@@ -65,7 +65,7 @@ def history(limit: int | None) -> None:
 def validate() -> None:
     """Check the migrations, the recorded state, and each applied migration's data."""
     s = settings()
-    report = commands.validate(s.database_path(), s.registry())
+    report = validation.validate(s.database_path(), s.registry())
     renderer(s).validation(report)
     if report.problems:
         raise ValidationFailed(report.problems)

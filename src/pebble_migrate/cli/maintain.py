@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pebble_migrate import commands
+from pebble_migrate import maintenance
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import confirmer, global_options, settings, yes_option
@@ -16,10 +16,10 @@ from pebble_migrate.cli.options import confirmer, global_options, settings, yes_
 def force_clean(yes: bool) -> None:
     """Set the status to clean without marking the interrupted migration applied."""
     s = settings()
-    before, after = commands.force_clean(
-        s.database_path(), confirm=confirmer(yes, destructive=True)
+    before, after = maintenance.force_clean(
+        s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
     )
-    renderer(s).state_change(before, after)
+    renderer(s).state_change(before, after, dry_run=s.dry_run)
 
 
 @cli.command()
@@ -28,8 +28,10 @@ def force_clean(yes: bool) -> None:
 def repair(yes: bool) -> None:
     """Add missing history records for applied migrations; fix a wrong version."""
     s = settings()
-    report = commands.repair(s.database_path(), confirm=confirmer(yes, destructive=True))
-    renderer(s).repair(report)
+    report = maintenance.repair(
+        s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
+    )
+    renderer(s).repair(report, dry_run=s.dry_run)
 
 
 @cli.command()
@@ -38,4 +40,4 @@ def repair(yes: bool) -> None:
 def create(name: str) -> None:
     """Write a new migration file NAME with a fresh timestamp into the migrations directory."""
     s = settings()
-    renderer(s).created(commands.create(s.migrations_dir(), name))
+    renderer(s).created(maintenance.create(s.migrations_dir(), name, dry_run=s.dry_run), s.dry_run)

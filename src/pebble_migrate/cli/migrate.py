@@ -47,11 +47,10 @@ def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
 
 
 def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool) -> None:
-    if dry_run or outcome.report is None:
-        out.plan(outcome.plan, dry_run=dry_run)
-        if dry_run and backup and outcome.plan.steps and not out.json:
-            out.say("A backup would be taken first (--no-backup skips it).")
-    out.outcome(outcome)
+    out.outcome(outcome, dry_run=dry_run)
+    steps = outcome.report is None and outcome.plan.steps
+    if dry_run and backup and steps and not out.json:
+        out.say("A backup would be taken first (--no-backup skips it).")
 
 
 @cli.command()
@@ -90,8 +89,9 @@ def up(
 ) -> None:
     """Apply pending migrations, up to VERSION (a version or id) when given.
 
-    On a terminal it shows the plan and asks; without one it just runs (scripts need no
-    --yes). An interrupted migration that can resume continues where it stopped.
+    On a terminal it asks before applying (--yes skips the question); without one it just
+    runs, so scripts need no --yes. An interrupted migration that can resume continues
+    where it stopped.
     """
     s = settings()
     out = renderer(s)

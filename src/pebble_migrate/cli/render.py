@@ -25,12 +25,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pebble_migrate.commands import Outcome, RepairReport, StatusReport, ValidationReport
+from pebble_migrate.commands import Outcome, StatusReport
 from pebble_migrate.errors import MigrateError, MigrationFailed
 from pebble_migrate.events import Event
+from pebble_migrate.maintenance import RepairReport
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.units import format_duration, format_time, version_time
+from pebble_migrate.validation import ValidationReport
 
 LOG_EVERY_S = 5.0
 
@@ -84,8 +86,8 @@ class Renderer:
     def error(self, exc: MigrateError) -> None:
         """Print `Error: ...` (and a JSON error object in JSON mode)."""
         self.stop_progress()
-        if self.verbose:
-            details = getattr(exc, "details", "") if isinstance(exc, MigrationFailed) else ""
+        if self.verbose and not exc.expected:
+            details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(escape(details or "".join(traceback.format_exception(exc))))
         self.err.print(f"[bold red]Error:[/] {escape(exc.message)}")
         if exc.hint:
@@ -129,7 +131,7 @@ class Renderer:
         return self._progress.console if self._progress is not None else self.err
 
     def _show_progress(self, event: Event) -> None:
-        key = f"{event.migration_id}/{event.data.get('scan', '')}"
+        key = f"{event.migration_id}/{event.data.get('action', '')}/{event.data.get('scan', '')}"
         done, total = event.data.get("done", 0), event.data.get("total")
         if not self.err.is_terminal:
             now = time.monotonic()
@@ -149,9 +151,9 @@ class Renderer:
             )
             self._progress.start()
         if key not in self._tasks:
-            self._tasks[key] = self._progress.add_task(
-                escape(key.rstrip("/")), total=total, rate=""
-            )
+            scan = event.data.get("scan") or ""
+            label = f"{event.data.get('label', event.migration_id)} {scan}".strip()
+            self._tasks[key] = self._progress.add_task(escape(label), total=total, rate="")
             self._started[key] = (time.monotonic(), done)
         began, first = self._started[key]
         elapsed = time.monotonic() - began
@@ -190,7 +192,7 @@ class Renderer:
                 else "has data: `up` will run every migration"
             )
             table.add_row("State", f"not initialized ({what})")
-        table.add_row("Last migration", _last_run(state, report.history))
+        table.add_row("Last migration", _last_run(state, report.last))
         known = len(report.migrations)
         table.add_row(
             "Migrations",
@@ -294,11 +296,22 @@ class Renderer:
         if dry_run:
             self.say("Dry run: nothing was changed.")
 
-    def outcome(self, outcome: Outcome) -> None:
-        """Show the end of an up/down/rerun."""
+    def outcome(self, outcome: Outcome, *, dry_run: bool = False) -> None:
+        """Show the end of an up/down/rerun (the plan, for a dry run)."""
         self.stop_progress()
         report = outcome.report
+        if outcome.cleared is not None:
+            self._said(outcome.cleared, dry_run)
+            return
+        if outcome.stamp:
+            self._said(
+                f"fresh empty database: stamped at version {outcome.plan.to_version} with every "
+                "known migration marked applied; nothing ran",
+                dry_run,
+            )
+            return
         if report is None:
+            self.plan(outcome.plan, dry_run=dry_run)
             return
         if self.json:
             self.emit(
@@ -316,6 +329,14 @@ class Renderer:
             f"[green]Done:[/] {len(report.steps)} step(s); version "
             f"{report.from_version} -> {_version(report.to_version)}."
         )
+
+    def _said(self, what: str, dry_run: bool) -> None:
+        if self.json:
+            self.emit({"result": {"note": what, "dry_run": dry_run}})
+        elif dry_run:
+            self.say(f"Would do: {escape(what)}. Dry run: nothing was changed.")
+        else:
+            self.say(escape(what[0].upper() + what[1:]) + ".")
 
     def history(self, records: Sequence[HistoryRecord]) -> None:
         """Show `history`."""
@@ -340,42 +361,64 @@ class Renderer:
         if not report.problems:
             self.out.print(f"[green]Valid:[/] {len(report.checks)} checks passed.")
 
-    def state_change(self, before: State, after: State) -> None:
+    def state_change(self, before: State, after: State, *, dry_run: bool = False) -> None:
         """Show the result of force-clean."""
+        changed = before is not after
         if self.json:
             self.emit(
-                {"before": before.status, "after": after.status, "changed": before is not after}
+                {
+                    "before": before.status,
+                    "after": after.status,
+                    "changed": changed,
+                    "dry_run": dry_run,
+                }
             )
             return
-        if before is after:
+        if not changed:
             self.say(f"Nothing to do: status is {before.status.value}.")
-        else:
+            return
+        progress = before.in_progress
+        what = f" ({progress.id})" if progress else ""
+        if dry_run:
             self.say(
-                f"Status {before.status.value} -> {after.status.value}. Nothing was marked "
-                "applied; run `up` to apply it again (committed progress is kept)."
+                f"Would set the status {before.status.value}{escape(what)} -> "
+                f"{after.status.value}. Dry run: nothing was changed."
             )
+            return
+        self.say(
+            f"Status {before.status.value}{escape(what)} -> {after.status.value}. Nothing was "
+            "marked applied; run `up` to apply it again (committed progress is kept)."
+        )
 
-    def repair(self, report: RepairReport) -> None:
+    def repair(self, report: RepairReport, *, dry_run: bool = False) -> None:
         """Show the result of repair."""
         if self.json:
             self.emit(
-                {"added_history": report.added_history, "version_fixed": report.version_fixed}
+                {
+                    "added_history": report.added_history,
+                    "version_fixed": report.version_fixed,
+                    "dry_run": dry_run,
+                }
             )
             return
         if not report.added_history and report.version_fixed is None:
             self.say("Nothing to repair.")
             return
+        verb = "would add" if dry_run else "added"
         for mid in report.added_history:
-            self.say(f"added history for {escape(mid)}")
+            self.say(f"{verb} history for {escape(mid)}")
         if report.version_fixed:
-            self.say(f"version {report.version_fixed[0]} -> {report.version_fixed[1]}")
+            old, new = report.version_fixed
+            self.say(f"{'would set' if dry_run else 'set'} version {old} -> {new}")
+        if dry_run:
+            self.say("Dry run: nothing was changed.")
 
-    def created(self, path: Path) -> None:
-        """Show the file `create` wrote."""
+    def created(self, path: Path, dry_run: bool = False) -> None:
+        """Show the file `create` wrote (or would write)."""
         if self.json:
-            self.emit({"created": str(path)})
+            self.emit({"created": str(path), "dry_run": dry_run})
         else:
-            self.say(f"Created {escape(str(path))}")
+            self.say(f"{'Would create' if dry_run else 'Created'} {escape(str(path))}")
 
     def records(self, key: str, rows: Iterable[Any]) -> None:
         """Emit a list of records under `key` (JSON mode)."""
@@ -392,10 +435,10 @@ def _version(version: int) -> str:
     return f"{version} ({version_time(version)})" if version else "0 (nothing applied)"
 
 
-def _last_run(state: State, history: Sequence[HistoryRecord]) -> str:
+def _last_run(state: State, last: HistoryRecord | None) -> str:
     if state.last_migration is None:
         return "-"
-    kind = next((r.kind for r in reversed(history) if r.id == state.last_migration), None)
+    kind = last.kind if last is not None and last.id == state.last_migration else None
     what = f"{kind} of " if kind else ""
     return f"{what}{escape(state.last_migration)} at {format_time(state.last_migration_at)}"
 

@@ -1,0 +1,157 @@
+"""Fixing the recorded state by hand, and starting new migration files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pebble_migrate import plan as planner
+from pebble_migrate.commands import Aborted, Confirm, always, opened
+from pebble_migrate.errors import UsageError
+from pebble_migrate.migration import is_valid_name
+from pebble_migrate.state import HistoryRecord, State, Status
+from pebble_migrate.units import utc_now
+
+
+def force_clean(
+    db_path: str | Path, *, confirm: Confirm = always, dry_run: bool = False
+) -> tuple[State, State]:
+    """Set the status to clean without marking the interrupted migration applied.
+
+    Committed scan progress is kept, so the next `up` continues it. Returns (before, after);
+    they are the same object when there was nothing to do. A dry run writes nothing.
+    """
+    with opened(db_path, read_only=dry_run) as session:
+        states = session.states
+        before = states.read()
+        if not before.initialized or (before.status is Status.CLEAN and not before.in_progress):
+            return before, before
+        progress = before.in_progress
+        what = f"{before.status.value}" + (f" ({progress.id})" if progress else "")
+        after = before.evolve(status=Status.CLEAN, in_progress=None, last_error=None)
+        if dry_run:
+            return before, after
+        if not confirm(f"Force the status from {what} to clean?"):
+            raise Aborted()
+        record = HistoryRecord(
+            0,
+            progress.id if progress else "-",
+            f"status was {what}",
+            "force-clean",
+            utc_now(),
+            0.0,
+            True,
+            error=before.last_error,
+            note="status forced to clean; migration not marked applied",
+        )
+        return before, states.write_state(after, record)
+
+
+@dataclass
+class RepairReport:
+    """What `repair` changed."""
+
+    added_history: list[str]
+    version_fixed: tuple[int, int] | None
+
+
+def repair(
+    db_path: str | Path, *, confirm: Confirm = always, dry_run: bool = False
+) -> RepairReport:
+    """Add missing history for applied ids and correct a version that disagrees with them."""
+    with opened(db_path, read_only=dry_run) as session:
+        states = session.states
+        state = states.read()
+        if not state.initialized:
+            raise UsageError(f"{db_path} has no migration state to repair.", hint="Run `up` first.")
+        seen = {r.id for r in states.history() if r.success}
+        missing = sorted(mid for mid in state.applied if mid not in seen)
+        version = planner.version_of(state.applied)
+        fix = (state.current_version, version) if version != state.current_version else None
+        if (not missing and fix is None) or dry_run:
+            return RepairReport(missing, fix)
+        if not confirm(
+            f"Add history for {len(missing)} applied migration(s)"
+            + (f" and set the version {fix[0]} -> {fix[1]}" if fix else "")
+            + "?"
+        ):
+            raise Aborted()
+        now = utc_now()
+        records = [
+            HistoryRecord(
+                0,
+                mid,
+                "history added by repair",
+                "repair",
+                state.applied_at.get(mid, now),
+                0.0,
+                True,
+                note="applied before history was recorded",
+            )
+            for mid in missing
+        ]
+        if fix:
+            records.append(
+                HistoryRecord(
+                    0,
+                    "-",
+                    f"version {fix[0]} -> {fix[1]}",
+                    "repair",
+                    now,
+                    0.0,
+                    True,
+                    note="version recomputed from applied set",
+                )
+            )
+        states.write_state(state.evolve(current_version=version), *records)
+        return RepairReport(missing, fix)
+
+
+def create(
+    directory: str | Path, name: str, *, now: datetime | None = None, dry_run: bool = False
+) -> Path:
+    """Write a ready-to-edit migration file named `<timestamp>_<name>.py`; return its path.
+
+    A dry run only returns the path it would write.
+    """
+    if not is_valid_name(name):
+        raise UsageError(
+            f"invalid migration name {name!r}: use letters, digits and underscores.",
+            hint="For example: pebble-migrate create add_email_index",
+        )
+    root = Path(directory)
+    stamp = int((now or utc_now()).timestamp())
+    taken = {p.stem.split("_", 1)[0] for p in root.glob("*.py")}
+    while str(stamp) in taken:
+        stamp += 1  # versions must be unique; two files in the same second get consecutive ones
+    path = root / f"{stamp}_{name}.py"
+    if dry_run:
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(_TEMPLATE.format(title=name.replace("_", " ").capitalize()))
+    return path
+
+
+_TEMPLATE = '''"""{title}."""
+
+# Set to True only if up() is safe to run again from the start after an interruption.
+# A migration that writes only through ctx.scan/ctx.put/ctx.delete resumes by itself.
+rerunnable = False
+dependencies: list[str] = []
+
+
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"example:"):
+        ctx.put(key, value)
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"example:"):
+        ctx.put(key, value)
+
+
+def validate(ctx):
+    """Return a list of problems (empty when the data is as up() leaves it)."""
+    return []
+'''
