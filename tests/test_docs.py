@@ -184,6 +184,8 @@ def test_startup_api_and_backup_verbs_are_documented() -> None:
         "cli_name",
         "registry",
         "backup_dir",
+        "backup_keep",
+        "backup_older_than",
         "chunk_policy",
         "handle_signals",
     ],
@@ -196,6 +198,41 @@ def test_every_startup_option_is_in_the_integration_table(field: str) -> None:
 def test_the_startup_option_list_above_is_complete() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", read(DOCS / "integration.md"), re.M))
     assert set(pebble_migrate.StartupOptions.__dataclass_fields__) <= documented
+
+
+# --- dry runs, the ctx members, the start-up example -----------------------------------
+
+READ_ONLY = {"status", "history", "validate", "backup list", "backup verify"}
+CHANGING = [path for path, _ in LEAVES if path not in READ_ONLY]
+
+
+def test_the_read_only_commands_exist() -> None:
+    assert READ_ONLY.issubset(path for path, _ in LEAVES)
+
+
+@pytest.mark.parametrize("path", CHANGING, ids=CHANGING)
+def test_every_command_that_changes_something_documents_its_dry_run(path: str) -> None:
+    body = section(read(CLI_DOC), path)
+    assert "--dry-run" in body, f"the `{path}` section does not say what --dry-run does"
+
+
+# Members the executor uses to drive a context; migrations never call them.
+CTX_INTERNAL = {"record", "release", "take_batch", "wrote_directly"}
+
+
+def test_every_ctx_member_is_in_the_ctx_table() -> None:
+    table = section(read(DOCS / "writing-migrations.md"), "`ctx` at a glance")
+    ctx = pebble_migrate.MigrationContext
+    names = {n for n in dir(ctx) if not n.startswith("_")} | {"db", "log", "migration"}
+    for name in sorted(names - CTX_INTERNAL):
+        assert f"`ctx.{name}" in table, f"ctx.{name} is not in the `ctx` table"
+
+
+def test_the_startup_example_recovers_a_restore_before_opening() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", read(DOCS / "integration.md"), re.S)
+    example = next(b for b in blocks if "check_and_run_startup_migrations" in b)
+    recover = example.find("recover_interrupted_restore(")
+    assert 0 <= recover < example.find("rocksdict.Rdict("), "recover before the open"
 
 
 # --- modules and links ------------------------------------------------------------------

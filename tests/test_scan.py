@@ -14,6 +14,7 @@ from pebble_migrate import (
     Event,
     MigrationFailed,
     MigrationInterrupted,
+    PlanError,
     Status,
     UsageError,
     commands,
@@ -403,3 +404,23 @@ def test_str_prefix_in_a_pickle_mode_database(tmp_path: Path) -> None:
         assert db["zzz"] == "other"
     finally:
         db.close()
+
+
+def test_down_to_the_failed_migrations_own_version_keeps_its_work_and_says_so(
+    users_db: Path,
+) -> None:
+    base = migration("1600000000_base")
+    reg = registry_of(base, migration("1700000000_plus", up=lambda c: _plus(c, b"user:025")))
+    with pytest.raises(MigrationFailed):
+        commands.up(users_db, reg, options=_opts(10))
+    before = contents(users_db, state=True)
+    with pytest.raises(PlanError) as info:
+        commands.down(users_db, reg, "1700000000")
+    assert "failed after committing some of its work" in info.value.message
+    assert contents(users_db, state=True) == before
+    dry = commands.down(users_db, reg, "1600000000", dry_run=True)
+    assert (dry.plan.ids, dry.plan.from_version, dry.plan.to_version) == (
+        ("1700000000_plus",),
+        1600000000,
+        1600000000,
+    )

@@ -44,6 +44,8 @@ def seed(path: str) -> None:
 def serve(path: str) -> None:
     """What the app does at start-up: bring the database up to date, then serve."""
     logging.basicConfig(level=logging.INFO, format="app: %(message)s")
+    # Before opening: finish or undo a restore that was killed midway (a no-op normally).
+    pebble_migrate.recover_interrupted_restore(path)
     db = rocksdict.Rdict(path)
     try:
         opts = pebble_migrate.default_startup_options()

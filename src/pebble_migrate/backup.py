@@ -472,7 +472,7 @@ def cleanup_backups(
 ) -> CleanupResult:
     """Remove old backups by age and/or count; see `select_for_cleanup` for the rule."""
     root = backup_dir_for(db_path, backup_dir)
-    if root.is_dir():
+    if root.is_dir() and not dry_run:
         sweep_temporary(root)
     result = select_for_cleanup(
         list_backups(db_path, backup_dir=backup_dir),

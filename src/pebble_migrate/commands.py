@@ -15,7 +15,7 @@ from pebble_migrate import plan as planner
 from pebble_migrate import restore, store, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
-from pebble_migrate.errors import MigrateError, MigrationFailed, UsageError
+from pebble_migrate.errors import MigrateError, MigrationFailed, PlanError, UsageError
 from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
 from pebble_migrate.migration import Migration
@@ -244,9 +244,9 @@ def down(
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
         partial = _partly_applied(states, state)
-        plan = planner.plan_down(migrations, state.applied | partial, version)
+        plan = planner.plan_down(migrations, state.applied, version, partial)
         if not plan and state.status is Status.DIRTY:
-            return _clear_failed(states, state, plan, opts, dry_run)
+            return _clear_failed(states, state, plan, opts, dry_run, partial, version)
         if dry_run or not plan:
             return Outcome(plan, None)
         question = f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"
@@ -265,11 +265,24 @@ def down(
 
 
 def _clear_failed(
-    states: StateStore, state: State, plan: planner.Plan, opts: RunOptions, dry_run: bool
+    states: StateStore,
+    state: State,
+    plan: planner.Plan,
+    opts: RunOptions,
+    dry_run: bool,
+    partial: set[str],
+    version: int,
 ) -> Outcome:
     """`down` after a failure that left nothing to undo: just record the way back to clean."""
     progress = state.in_progress
     mid = progress.id if progress else "-"
+    if mid in partial:
+        raise PlanError(
+            f"{mid} failed after committing some of its work, and it is not above version "
+            f"{version}, so `down {version}` would leave that work in place.",
+            hint=f"Roll back below it (`{opts.cli_name} down` to an earlier version), or "
+            f"finish it: `{opts.cli_name} force-clean`, then `{opts.cli_name} up`.",
+        )
     note = f"{mid} failed and left no writes to undo; status dirty -> clean"
     if dry_run:
         return Outcome(plan, None, cleared=note)

@@ -48,10 +48,11 @@ class UsageError(MigrateError):
 class ConfirmationRequired(UsageError):
     """Raised when a destructive command has no terminal to ask on and no --yes."""
 
-    def __init__(self, action: str, flag: str = "--yes") -> None:
+    def __init__(self, question: str, flag: str = "--yes") -> None:
+        self.question = question
         super().__init__(
-            f"{action} needs confirmation, and there is no terminal to ask on.",
-            hint=f"Re-run with {flag} to confirm.",
+            f"there is no terminal to ask on, and this needs confirmation: {question}",
+            hint=f"Nothing was changed. Re-run with {flag} to confirm.",
         )
 
 

@@ -164,10 +164,20 @@ def _up_to(todo: list[Migration], target: int) -> list[Migration]:
     return [m for m in todo if m.id in chosen]
 
 
-def plan_down(migrations: Sequence[Migration], applied: Collection[str], target: int) -> Plan:
-    """Return the steps that roll back every applied migration above `target`, newest first."""
+def plan_down(
+    migrations: Sequence[Migration],
+    applied: Collection[str],
+    target: int,
+    partial: Collection[str] = (),
+) -> Plan:
+    """Return the steps that roll back every applied migration above `target`, newest first.
+
+    `partial` names migrations that are not applied but left writes behind (committed scan
+    chunks, or a failed run that wrote around ctx): they are rolled back too.
+    """
+    present = set(applied) | set(partial)
     known = {m.id for m in migrations}
-    lost = sorted(mid for mid in applied if mid not in known and parse_id(mid) > target)
+    lost = sorted(mid for mid in present if mid not in known and parse_id(mid) > target)
     if lost:
         raise PlanError(
             f"cannot roll back {', '.join(lost)}: applied, but not in the migrations "
@@ -175,9 +185,9 @@ def plan_down(migrations: Sequence[Migration], applied: Collection[str], target:
             hint="Restore the migration files (or choose a target at or above them); "
             "nothing was changed.",
         )
-    undo = [m for m in reversed(order(migrations)) if m.id in applied and m.version > target]
+    undo = [m for m in reversed(order(migrations)) if m.id in present and m.version > target]
     _check_reversible(undo)
-    _check_no_dependents(migrations, applied, {m.id for m in undo})
+    _check_no_dependents(migrations, present, {m.id for m in undo})
     steps = tuple(Step("rollback", m, "rollback") for m in undo)
     remaining = [mid for mid in applied if mid not in {m.id for m in undo}]
     return Plan("down", steps, version_of(applied), version_of(remaining))

@@ -416,7 +416,7 @@ def _settle(record: dict[str, Any]) -> None:
 # --- recovery -----------------------------------------------------------------------
 
 
-def recover(dest: Path) -> str | None:
+def recover(dest: str | Path) -> str | None:
     """Finish or undo a restore into `dest` that was killed; return what was done, or None.
 
     Every command that opens `dest` may call it first. It refuses (BackupError) while the

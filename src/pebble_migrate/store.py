@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def open_database(path: str | Path, *, read_only: bool, create: bool = False) ->
     return _guarded(where, lambda: rocksdict.Rdict(str(where), access_type=access))
 
 
-def _guarded(path: Path, opener: Any) -> rocksdict.Rdict:
+def _guarded(path: Path, opener: Callable[[], rocksdict.Rdict]) -> rocksdict.Rdict:
     try:
         db: rocksdict.Rdict = opener()
     except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception

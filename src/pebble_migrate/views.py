@@ -9,7 +9,7 @@ import rocksdict
 
 from pebble_migrate import store
 from pebble_migrate.durable import fsync_dir
-from pebble_migrate.errors import MigrateError, StateError
+from pebble_migrate.errors import StateError
 
 
 def work_dir(db_path: str | Path) -> Path:
@@ -46,10 +46,7 @@ def open_view(path: Path, scan: str, migration_id: str) -> rocksdict.Rdict:
             hint="Its cursor cannot be trusted without it. Run `pebble-migrate up --from-start` "
             "to start that migration over.",
         )
-    try:
-        return store.open_database(path, read_only=True)
-    except MigrateError:
-        raise
+    return store.open_database(path, read_only=True)
 
 
 def drop_views(db_path: str | Path, migration_id: str) -> None:

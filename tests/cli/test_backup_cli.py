@@ -769,8 +769,8 @@ def test_restore_without_a_terminal_or_force_refuses(
     result = invoke("backup", "restore", good.id, "-d", str(db))
     assert result.exit_code == 2
     assert error_of(result) == (
-        f"Error: Replace the database at {db} (version 0, clean) with backup {good.id} "
-        "(version 0, clean) needs confirmation, and there is no terminal to ask on."
+        "Error: there is no terminal to ask on, and this needs confirmation: Replace the "
+        f"database at {db} (version 0, clean) with backup {good.id} (version 0, clean)?"
     )
     assert "Re-run with --force to confirm." in result.stderr
     unchanged.check()

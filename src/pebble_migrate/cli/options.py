@@ -167,7 +167,7 @@ def confirmer(yes: bool, *, destructive: bool, flag: str = "--yes") -> Callable[
             return True
         if not is_terminal():
             if destructive:
-                raise ConfirmationRequired(question.rstrip("?"), flag)
+                raise ConfirmationRequired(question, flag)
             return True
         return click.confirm(question, default=False, err=True)
 
