@@ -420,3 +420,42 @@ def test_unreadable_journal_stops_everything(
     # The old database is still there, under the staging name, untouched.
     [staging] = [name for name in before if name != journal.name]
     assert contents(db.parent / staging, state=True) == old
+
+
+@pytest.mark.parametrize("no_exchange", [False, True])
+def test_recovery_from_another_directory_keeps_what_the_journal_promised(
+    tmp_path: Path, no_exchange: bool
+) -> None:
+    """A restore run with a relative path, killed mid-swap, settled from elsewhere."""
+    srv = tmp_path / "srv"
+    (srv / "data").mkdir(parents=True)
+    db = filled_db(srv / "data" / "app.db")
+    initialize(db)
+    backup = create_backup(db)
+    put(db, {b"written-after-backup": b"1"})
+    old = contents(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_MIGRATE_")}
+    env["PEBBLE_MIGRATE_KILL_AT"] = "restore-moved-away:1" if no_exchange else "restore-swapped:1"
+    if no_exchange:
+        env[ENV_NO_EXCHANGE] = "1"
+    killed = subprocess.run(
+        [*PEBBLE, "backup", "restore", backup.id, "-d", "data/app.db", "--force"],
+        cwd=srv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # the autouse fixture's monkeypatch.chdir restores the directory
+    message = recover(db)
+    assert message is not None
+    after = contents(db)
+    assert after in (old, contents(backup.path / "db"))
+    kept = sorted((srv / "data").glob("app.db.pre-restore-*"))
+    if after != old:  # the swap happened: the replaced database must be kept
+        assert len(kept) == 1
+        assert contents(kept[0]) == old

@@ -416,7 +416,7 @@ def test_down_to_the_failed_migrations_own_version_keeps_its_work_and_says_so(
     before = contents(users_db, state=True)
     with pytest.raises(PlanError) as info:
         commands.down(users_db, reg, "1700000000")
-    assert "failed after committing some of its work" in info.value.message
+    assert "1700000000_plus is half applied (status dirty)" in info.value.message
     assert contents(users_db, state=True) == before
     dry = commands.down(users_db, reg, "1600000000", dry_run=True)
     assert (dry.plan.ids, dry.plan.from_version, dry.plan.to_version) == (
@@ -424,3 +424,164 @@ def test_down_to_the_failed_migrations_own_version_keeps_its_work_and_says_so(
         1600000000,
         1600000000,
     )
+
+
+def test_break_then_another_scan_resumes_exactly_once(tmp_path: Path) -> None:
+    data = {b"a:%03d" % i: b"x" for i in range(100)} | {b"b:%03d" % i: b"x" for i in range(100)}
+    path = create_database(tmp_path / "db", data)
+
+    def job(ctx: Any, stop_in_b: bool) -> None:
+        for key, _ in ctx.scan(prefix=b"a:", name="a"):
+            ctx.put(key, ctx.get(key) + b"+")
+            if key == b"a:049":
+                break
+        for key, _ in ctx.scan(prefix=b"b:", name="b"):
+            if stop_in_b and key == b"b:025":
+                raise KeyboardInterrupt  # as if killed: the open chunk is lost
+            ctx.put(key, ctx.get(key) + b"+")
+
+    first = registry_of(migration("1700000000_job", up=lambda ctx: job(ctx, True)))
+    with pytest.raises(KeyboardInterrupt):
+        commands.up(path, first, options=RunOptions(policy=ChunkPolicy(10), handle_signals=False))
+    commands.up(
+        path,
+        registry_of(migration("1700000000_job", up=lambda ctx: job(ctx, False))),
+        options=_opts(10),
+    )
+    after = contents(path)["default"]
+    assert [k for k, v in after.items() if v == b"x+"] == [
+        *(b"a:%03d" % i for i in range(50)),
+        *(b"b:%03d" % i for i in range(100)),
+    ]
+    assert all(after[b"a:%03d" % i] == b"x" for i in range(50, 100))
+
+
+def test_nested_scans_are_refused_before_anything_is_committed(users_db: Path) -> None:
+    def nested(ctx: Any) -> None:
+        for key, _ in ctx.scan(prefix=b"user:", name="outer"):
+            ctx.put(key, b"changed")
+            for _ in ctx.scan(prefix=b"other:", name="inner"):
+                pass
+
+    with pytest.raises(MigrationFailed) as info:
+        commands.up(users_db, registry_of(migration("1700000000_n", up=nested)), options=_opts(10))
+    assert "scans cannot be nested or interleaved" in info.value.message
+    assert contents(users_db)["default"] == {**USERS, b"other:1": b"x"}
+
+
+def _interrupt_at(key: bytes) -> Any:
+    """Return a scan body step that simulates a kill at `key` (the open chunk is lost)."""
+
+    def check(current: bytes) -> None:
+        if current == key:
+            raise KeyboardInterrupt
+
+    return check
+
+
+def _no_signals(records: int = 10) -> RunOptions:
+    return RunOptions(policy=ChunkPolicy(records), handle_signals=False)
+
+
+def test_interrupted_rerun_rollback_blocks_down_around_it_and_rerun_continues(
+    users_db: Path,
+) -> None:
+    stop = _interrupt_at(b"user:035")
+
+    def undo(ctx: Any, interrupt: bool) -> None:
+        for key, _ in ctx.scan(prefix=b"user:"):
+            if interrupt:
+                stop(key)
+            ctx.put(key, ctx.get(key)[:-1])
+
+    def reg(interrupt: bool) -> Any:
+        return registry_of(
+            migration("1700000000_plus", up=_plus, down=lambda c: undo(c, interrupt)),
+            migration("1700000100_other"),
+        )
+
+    commands.up(users_db, reg(False), options=_opts(10))
+    with pytest.raises(KeyboardInterrupt):
+        commands.rerun(users_db, reg(True), "1700000000_plus", options=_no_signals())
+    assert _state(users_db)[0].status is Status.ROLLBACK
+    before = contents(users_db, state=True)
+    with pytest.raises(PlanError) as info:
+        commands.down(users_db, reg(False), "1700000000")
+    assert "1700000000_plus is half rolled back" in info.value.message
+    assert contents(users_db, state=True) == before
+    commands.rerun(users_db, reg(False), "1700000000_plus", options=_opts(10))
+    state, records = _state(users_db)
+    assert (state.status, records) == (Status.CLEAN, {})
+    assert all(v == USERS[k] + b"+" for k, v in contents(users_db)["default"].items() if k in USERS)
+
+
+def test_failed_direct_writer_below_the_target_is_not_cleaned_around(users_db: Path) -> None:
+    def bump(ctx: Any) -> None:
+        ctx.db[b"count"] = b"%d" % (int(ctx.db.get(b"count") or b"0") + 1)
+        raise RuntimeError("after the direct write")
+
+    reg = registry_of(migration("1700000300_c"), migration("1700000200_f", up=bump))
+    commands.up(users_db, registry_of(migration("1700000300_c")))
+    with pytest.raises(MigrationFailed):
+        commands.up(users_db, reg)
+    before = contents(users_db, state=True)
+    with pytest.raises(PlanError):
+        commands.down(users_db, reg, "1700000200")
+    assert contents(users_db, state=True) == before
+
+
+def test_failed_rollback_that_committed_chunks_is_not_called_clean(users_db: Path) -> None:
+    def undo(ctx: Any) -> None:
+        for key, _ in ctx.scan(prefix=b"user:"):
+            if key == b"user:050":
+                raise RuntimeError("stop")
+            ctx.put(key, ctx.get(key)[:-1])
+
+    reg = registry_of(migration("1700000000_plus", up=_plus, down=undo))
+    commands.up(users_db, reg, options=_opts(10))
+    with pytest.raises(MigrationFailed):
+        commands.down(users_db, reg, "0", options=_opts(10))
+    before = contents(users_db, state=True)
+    with pytest.raises(PlanError) as info:
+        commands.down(users_db, reg, "1700000000")
+    assert "half rolled back (status dirty)" in info.value.message
+    assert contents(users_db, state=True) == before
+
+
+def test_interrupted_rerun_of_rerunnable_without_down_is_finished_by_up_and_startup(
+    users_db: Path,
+) -> None:
+    import rocksdict
+
+    import pebble_migrate as pm
+
+    stop = _interrupt_at(b"user:045")
+
+    def redo(ctx: Any, interrupt: bool) -> None:
+        for key, _ in ctx.scan(prefix=b"user:"):
+            if interrupt:
+                stop(key)
+            ctx.put(key, USERS[key] + b"!")
+
+    def reg(interrupt: bool) -> Any:
+        return registry_of(
+            migration(
+                "1700000000_redo", up=lambda c: redo(c, interrupt), down=None, rerunnable=True
+            )
+        )
+
+    commands.up(users_db, reg(False), options=_opts(10))
+    with pytest.raises(KeyboardInterrupt):
+        commands.rerun(users_db, reg(True), "1700000000_redo", options=_no_signals())
+    assert _state(users_db)[0].status is Status.MIGRATING
+    assert commands.up(users_db, reg(False), dry_run=True).plan.ids == ("1700000000_redo",)
+    opts = pm.default_startup_options()
+    opts.registry = reg(False)
+    opts.run_migrations = True
+    db = rocksdict.Rdict(str(users_db))
+    try:
+        report = pm.check_and_run_startup_migrations(db, users_db, opts)
+    finally:
+        db.close()
+    assert report is not None and [s.kind for s in report.steps] == ["rerun"]
+    assert _state(users_db)[0].status is Status.CLEAN

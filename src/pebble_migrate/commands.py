@@ -15,9 +15,23 @@ from pebble_migrate import plan as planner
 from pebble_migrate import restore, store, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
-from pebble_migrate.errors import MigrateError, MigrationFailed, PlanError, UsageError
+from pebble_migrate.errors import (
+    MigrateError,
+    MigrationFailed,
+    NotCleanError,
+    PlanError,
+    UsageError,
+    release_frames,
+)
 from pebble_migrate.events import Event, Reporter, null_reporter
-from pebble_migrate.executor import Executor, RunReport, initialize, require_clean, run_records
+from pebble_migrate.executor import (
+    Executor,
+    RunReport,
+    initialize,
+    interrupted_rerun,
+    require_clean,
+    run_records,
+)
 from pebble_migrate.migration import Migration
 from pebble_migrate.registry import Registry
 from pebble_migrate.space import Ballast, check_space
@@ -79,8 +93,9 @@ def opened(db_path: str | Path, *, read_only: bool, create: bool = False) -> Ite
     failed = False
     try:
         yield session
-    except BaseException:
+    except BaseException as exc:
         failed = True
+        release_frames(exc)
         raise
     finally:
         session.close(quiet=failed)
@@ -207,7 +222,7 @@ def up(
             stamp = planner.Plan("up", (), 0, registry.latest_version)
             return Outcome(stamp, None, fresh, stamp=bool(migrations))
         require_clean(state, {m.id: m for m in migrations}, "up", opts.cli_name)
-        plan = planner.plan_up(migrations, state.applied, version)
+        plan = planner.plan_up(migrations, state.applied, version, interrupted_rerun(state))
         _check_interrupted_in_plan(state, plan, opts.cli_name)
         if dry_run:
             return Outcome(plan, None)
@@ -243,10 +258,12 @@ def down(
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
-        partial = _partly_applied(states, state)
+        records = run_records(states)
+        partial = _partly_applied(state, records)
         plan = planner.plan_down(migrations, state.applied, version, partial)
+        _check_leftovers_in_plan(state, records, plan, version, opts.cli_name)
         if not plan and state.status is Status.DIRTY:
-            return _clear_failed(states, state, plan, opts, dry_run, partial, version)
+            return _clear_failed(states, state, plan, opts, dry_run)
         if dry_run or not plan:
             return Outcome(plan, None)
         question = f"Roll back {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"
@@ -265,24 +282,11 @@ def down(
 
 
 def _clear_failed(
-    states: StateStore,
-    state: State,
-    plan: planner.Plan,
-    opts: RunOptions,
-    dry_run: bool,
-    partial: set[str],
-    version: int,
+    states: StateStore, state: State, plan: planner.Plan, opts: RunOptions, dry_run: bool
 ) -> Outcome:
     """`down` after a failure that left nothing to undo: just record the way back to clean."""
     progress = state.in_progress
     mid = progress.id if progress else "-"
-    if mid in partial:
-        raise PlanError(
-            f"{mid} failed after committing some of its work, and it is not above version "
-            f"{version}, so `down {version}` would leave that work in place.",
-            hint=f"Roll back below it (`{opts.cli_name} down` to an earlier version), or "
-            f"finish it: `{opts.cli_name} force-clean`, then `{opts.cli_name} up`.",
-        )
     note = f"{mid} failed and left no writes to undo; status dirty -> clean"
     if dry_run:
         return Outcome(plan, None, cleared=note)
@@ -295,20 +299,45 @@ def _clear_failed(
     return Outcome(plan, None, cleared=note)
 
 
-def _partly_applied(states: StateStore, state: State) -> set[str]:
+def left_work(state: State, records: dict[tuple[str, str], RunRecord]) -> bool:
+    """Return whether the migration the state is stuck on left writes in the database:
+    committed scan chunks, or writes made around ctx."""
+    progress = state.in_progress
+    if state.status is Status.CLEAN or progress is None:
+        return False
+    action = "rollback" if progress.kind == "rollback" else "apply"
+    return (progress.id, action) in records or not progress.resumable
+
+
+def _check_leftovers_in_plan(
+    state: State,
+    records: dict[tuple[str, str], RunRecord],
+    plan: planner.Plan,
+    version: int,
+    cli: str,
+) -> None:
+    """Refuse a `down` that would mark the database clean around a migration that failed
+    or stopped halfway and is not among the steps that undo it."""
+    progress = state.in_progress
+    if progress is None or progress.id in plan.ids or not left_work(state, records):
+        return
+    half = "rolled back" if progress.kind == "rollback" else "applied"
+    raise PlanError(
+        f"{progress.id} is half {half} (status {state.status.value}) and is not above "
+        f"version {version}, so `down {version}` would leave its work as it is.",
+        hint=f"Roll back below it (`{cli} down` to an earlier version), or accept it: "
+        f"`{cli} force-clean`, then `{cli} up` or `{cli} rerun {progress.id}`.",
+    )
+
+
+def _partly_applied(state: State, records: dict[tuple[str, str], RunRecord]) -> set[str]:
     """Return migrations not applied whose writes may be in the database: those with
     committed scan chunks, and a failed one that wrote outside ctx."""
-    partial = {mid for (mid, action) in run_records(states) if action == "apply"}
+    partial = {mid for (mid, action) in records if action == "apply"}
     progress = state.in_progress
-    wrote_around_ctx = progress is not None and not progress.resumable
-    if (
-        state.status is Status.DIRTY
-        and progress
-        and progress.kind != "rollback"
-        and wrote_around_ctx
-    ):
+    if progress is not None and progress.kind != "rollback" and not progress.resumable:
         partial.add(progress.id)
-    return partial
+    return {mid for mid in partial if mid not in state.applied}
 
 
 def rerun(
@@ -326,7 +355,7 @@ def rerun(
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
         require_clean(state, {m.id: m for m in migrations}, "rerun", opts.cli_name)
-        plan = planner.plan_rerun(migrations, state.applied, migration_id)
+        plan = _continue_rerun(state, planner.plan_rerun(migrations, state.applied, migration_id))
         if dry_run:
             return Outcome(plan, None)
         if not opts.confirm(f"Roll back and re-apply {plan.steps[-1].id}?"):
@@ -335,6 +364,22 @@ def rerun(
             check_space(Path(db_path), opts.space_multiplier)
         _backup_first(db, state, plan, opts)
         return Outcome(plan, _execute(session, plan, opts))
+
+
+def _continue_rerun(state: State, plan: planner.Plan) -> planner.Plan:
+    """A rerun stopped in its apply phase goes on from there, not from the rollback."""
+    target = plan.steps[-1].id
+    progress = state.in_progress
+    if state.status is not Status.CLEAN and (progress is None or progress.id != target):
+        raise NotCleanError(
+            f"the database status is {state.status.value}"
+            + (f" ({progress.id})" if progress else "")
+            + f"; `rerun {target}` needs it clean.",
+            hint="Finish or undo that migration first (`pebble-migrate status --verbose`).",
+        )
+    if interrupted_rerun(state) == target:
+        return planner.Plan("rerun", plan.steps[-1:], plan.from_version, plan.to_version)
+    return plan
 
 
 def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> None:

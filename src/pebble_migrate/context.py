@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +96,9 @@ class MigrationContext:
         self._pending: dict[Any, Any] = {}
         self._scanning = 0
         self._used_names: set[str] = set()
-        self._scans: list[Generator[tuple[Any, Any], None, None]] = []
+        # Weak: a loop left with `break` drops the last reference, which closes the scan at
+        # once (marking it finished) instead of whenever the migration ends.
+        self._scans: list[weakref.ref[Generator[tuple[Any, Any], None, None]]] = []
         self._direct = False
         self._last_progress = 0.0
         self._counter: KeyCount | None = None
@@ -207,16 +211,30 @@ class MigrationContext:
                 f"scan {name!r} was started twice in {self.migration.id}; "
                 "give each scan its own name= so each can resume."
             )
-        self._used_names.add(name)
         if self._run is None:
             scan = self._snapshot_scan(start, end)
         else:
+            self._refuse_nesting(name)
+            self._used_names.add(name)
             cursor = self._prepare_scan(name, start, end)
             if cursor is None:
                 return iter(())
             scan = self._walk(cursor)
-        self._scans.append(scan)
+        self._used_names.add(name)
+        self._scans.append(weakref.ref(scan))
         return scan
+
+    def _refuse_nesting(self, name: str) -> None:
+        """Raise if another resumable scan is still open: their commits would interleave."""
+        for ref in self._scans:
+            other = ref()
+            if other is not None and inspect.getgeneratorstate(other) != inspect.GEN_CLOSED:
+                raise UsageError(
+                    f"scan {name!r} started while another scan of {self.migration.id} is still "
+                    "open; scans cannot be nested or interleaved.",
+                    hint="Finish one loop before starting the next (leave a loop early with "
+                    "`break`); to combine ranges, read the other data with ctx.get.",
+                )
 
     def _snapshot_scan(self, start: Any, end: Any) -> Generator[tuple[Any, Any], None, None]:
         snapshot = self._rdict.snapshot()
@@ -388,8 +406,10 @@ class MigrationContext:
 
     def release(self) -> None:
         """Close open scans and drop every rocksdict object held, so the db can be closed."""
-        for scan in self._scans:
-            scan.close()
+        for ref in self._scans:
+            scan = ref()
+            if scan is not None:
+                scan.close()
         self._scans.clear()
         self._batch = None
         self._pending.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable, Sequence
 
 from pebble_migrate.units import format_bytes
@@ -325,3 +326,21 @@ class MigrationInterrupted(MigrateError):
         self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
         self.note: str | None = None
         super().__init__(message, hint=hint)
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames an exception carries (and of its
+    cause and context): a stored exception must not keep a rocksdict handle, iterator or
+    snapshot alive, or the application could not close and reopen its database."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException):
+            pending.append(cause)

@@ -19,6 +19,7 @@ from pebble_migrate.errors import (
     MigrationFailed,
     MigrationInterrupted,
     NotCleanError,
+    release_frames,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.faults import kill_point
@@ -142,6 +143,7 @@ class Executor:
         self.guard = SignalGuard(handle_signals)
         self.state: State = self.states.read()
         self._step: Step | None = None
+        self._plan: Plan | None = None
         self.unrecorded: tuple[State, HistoryRecord] | None = None
 
     def release(self) -> None:
@@ -191,11 +193,17 @@ class Executor:
         """Run every step of `plan` in order; raise on the first failure or a signal."""
         report = RunReport(plan, from_version=self.state.current_version)
         views.sweep(self.db_path, {mid for mid, _ in run_records(self.states)})
+        self._plan = plan
         with self.guard:
-            for index, step in enumerate(plan.steps):
-                if self.interrupted():
-                    raise self._stopped_between(plan, index)
-                report.steps.append(self._run_step(step))
+            try:
+                for index, step in enumerate(plan.steps):
+                    if self.interrupted():
+                        raise self._stopped_between(plan, index)
+                    report.steps.append(self._run_step(step))
+            except HardStop as exc:
+                # A second signal can land anywhere, also outside the migration's code
+                # (while recording an interruption, say): it always ends the run the same way.
+                raise self._hard_stop(self._step or plan.steps[0], exc.signum) from None
         report.to_version = self.state.current_version
         return report
 
@@ -224,13 +232,14 @@ class Executor:
             except MigrationInterrupted as exc:
                 self._interrupted(step, clock, exc.note or exc.message)
                 raise
-            except HardStop as exc:
-                raise self._hard_stop(step, exc.signum) from None
+            except HardStop:
+                raise
             except (KeyboardInterrupt, SystemExit) as exc:
                 self._interrupted(step, clock, f"stopped by {type(exc).__name__}")
                 raise
             except Exception as exc:  # noqa: BLE001 - a migration may raise anything
                 details = traceback.format_exc()
+                release_frames(exc)  # the migration's frames may hold iterators of the db
                 ctx.release()  # close its scans before recording the failure
                 raise self._failed(step, clock, exc, details) from None
             self._finish(step, ctx, clock)
@@ -378,6 +387,8 @@ class Executor:
 
     def _continue_hint(self, step: Step) -> str:
         cli = self.cli_name
+        if self._plan is not None and self._plan.command == "rerun":
+            return f"Run `{cli} rerun {step.id}` to continue where it stopped."
         if step.action == "rollback":
             return f"The status stays `rollback`. Run `{cli} down` with the same version to finish."
         if step.migration.rerunnable or (
@@ -413,6 +424,14 @@ class Executor:
         )
 
 
+def interrupted_rerun(state: State) -> str | None:
+    """Return the id of an applied migration whose rerun stopped in its apply phase."""
+    progress = state.in_progress
+    if state.status is Status.MIGRATING and progress and progress.id in state.applied:
+        return progress.id
+    return None
+
+
 def require_clean(state: State, migrations: dict[str, Migration], command: str, cli: str) -> None:
     """Raise NotCleanError unless `command` may run in this state.
 
@@ -426,6 +445,9 @@ def require_clean(state: State, migrations: dict[str, Migration], command: str, 
     progress = state.in_progress
     mid = progress.id if progress else "an unknown migration"
     migration = migrations.get(progress.id) if progress else None
+    resumable = migration is not None and progress is not None and progress.resumable
+    if state.status in (Status.MIGRATING, Status.ROLLBACK) and command == "rerun" and resumable:
+        return  # the rerun of this very migration goes on (checked against the plan)
     if state.status is Status.MIGRATING and command in ("up", "startup"):
         if (
             migration is not None
@@ -438,7 +460,6 @@ def require_clean(state: State, migrations: dict[str, Migration], command: str, 
             + ("(its code is missing)." if migration is None else "(it wrote outside ctx)."),
             hint=_recovery_options(cli),
         )
-    resumable = migration is not None and progress is not None and progress.resumable
     if state.status is Status.ROLLBACK and command == "down" and resumable:
         return
     if state.status is Status.DIRTY and command == "down":

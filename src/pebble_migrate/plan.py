@@ -133,14 +133,24 @@ def resolve_version(migrations: Sequence[Migration], target: str, *, allow_zero:
 
 
 def plan_up(
-    migrations: Sequence[Migration], applied: Collection[str], target: int | None = None
+    migrations: Sequence[Migration],
+    applied: Collection[str],
+    target: int | None = None,
+    rerun: str | None = None,
 ) -> Plan:
-    """Return the steps that apply pending migrations, up to `target` when given."""
+    """Return the steps that apply pending migrations, up to `target` when given.
+
+    `rerun` names an applied migration whose rerun was interrupted in its apply phase: it
+    comes first, to be finished.
+    """
     todo = pending(migrations, applied)
     if target is not None:
         todo = _up_to(todo, target)
     current = version_of(applied)
     steps = tuple(Step("apply", m, "apply") for m in todo)
+    again = [m for m in migrations if m.id == rerun]
+    if again:
+        steps = (Step("apply", again[0], "rerun"), *steps)
     return Plan("up", steps, current, version_of([*applied, *(s.id for s in steps)]))
 
 

@@ -117,7 +117,8 @@ def restore_backup(
     free space. The replaced database is kept as `<target>.pre-restore-<time>` unless
     `discard_current`. A path that does not exist is restored into (emergency recovery).
     """
-    dest = Path(target)
+    # Absolute, so the journal names real places whatever directory recovery runs from.
+    dest = Path(target).absolute()
     recovered = recover(dest)
     info = source if isinstance(source, BackupInfo) else resolve(source, dest, backup_dir)
     current = _inspect_target(dest)
@@ -385,17 +386,31 @@ def _swap(staging: Path, dest: Path, discard: bool) -> Path | None:
         kill_point("restore-in-place")
         _settle(record)
         kill_point("restore-settled")
-    except Exception:
+    except Exception as exc:
         # Leave the target as it was or as restored, never in between.
         with contextlib.suppress(Exception):
             _recover(dest, record)
             journal.unlink(missing_ok=True)
             fsync_dir(dest.parent)
+        if isinstance(exc, OSError):
+            raise _swap_error(exc, dest) from None
         raise
     journal.unlink()
     kill_point("restore-journal-removed")
     fsync_dir(dest.parent)
     return keep
+
+
+def _swap_error(exc: OSError, dest: Path) -> MigrateError:
+    """Return our error for a rename that the filesystem refused."""
+    if exc.errno in (errno.EBUSY, errno.EXDEV):
+        return BackupError(
+            f"cannot swap a restored copy into {dest}: it is a mount point or on another "
+            f"filesystem than its parent directory ({exc.strerror}).",
+            hint=f"Nothing was changed. Restore into a directory inside it instead (for "
+            f"example {dest / 'db'}) and point the application there.",
+        )
+    return store.translate(exc, dest)
 
 
 def _settle(record: dict[str, Any]) -> None:
@@ -422,7 +437,7 @@ def recover(dest: str | Path) -> str | None:
     Every command that opens `dest` may call it first. It refuses (BackupError) while the
     restore that wrote the journal is still running.
     """
-    dest = Path(dest)
+    dest = Path(dest).absolute()
     journal = _journal_path(dest)
     message = None
     if journal.exists():
@@ -476,6 +491,7 @@ def _sweep_orphans(dest: Path) -> None:
 
 
 def _recover(dest: Path, record: dict[str, Any]) -> str:
+    record = _beside(dest, record)
     staging = Path(record["staging"])
     swapped = dest.exists() and dest.stat().st_ino == record["staging_inode"]
     if swapped:
@@ -503,5 +519,28 @@ def _recover(dest: Path, record: dict[str, Any]) -> str:
             hint=f"Nothing was changed. The restored copy is {staging}. Put the one you want "
             f"at {dest}, then delete {_journal_path(dest)}.",
         )
+    if not dest.exists() and record["replacing"]:
+        raise BackupError(
+            f"an interrupted restore into {dest} left neither the database it replaced nor "
+            "the restored copy where its journal says.",
+            hint=f"Nothing was deleted. Look beside {dest} for .{dest.name}.restore-* and "
+            f"{dest.name}.pre-restore-* directories, put the database you want at {dest}, "
+            f"then delete {_journal_path(dest)}.",
+        )
     shutil.rmtree(staging, ignore_errors=True)
     return f"cleaned up an interrupted restore; {dest} is unchanged"
+
+
+def _beside(dest: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Return the journal record with its paths placed beside `dest`.
+
+    The staging copy and the kept database are always siblings of the target; naming them
+    by base name makes an old journal written with relative paths safe to settle from any
+    working directory.
+    """
+    fixed = dict(record)
+    fixed["target"] = str(dest)
+    fixed["staging"] = str(dest.parent / Path(record["staging"]).name)
+    if record["keep_as"] is not None:
+        fixed["keep_as"] = str(dest.parent / Path(record["keep_as"]).name)
+    return fixed

@@ -13,12 +13,23 @@ import rocksdict
 from pebble_migrate import plan as planner
 from pebble_migrate import restore, store
 from pebble_migrate.context import ChunkPolicy
-from pebble_migrate.errors import MigrationInterrupted, PendingMigrations
+from pebble_migrate.errors import (
+    MigrationInterrupted,
+    NotCleanError,
+    PendingMigrations,
+    release_frames,
+)
 from pebble_migrate.events import log_reporter
-from pebble_migrate.executor import Executor, RunReport, initialize, require_clean
+from pebble_migrate.executor import (
+    Executor,
+    RunReport,
+    initialize,
+    interrupted_rerun,
+    require_clean,
+)
 from pebble_migrate.registry import Registry, default_registry
 from pebble_migrate.space import check_space
-from pebble_migrate.state import State, StateStore
+from pebble_migrate.state import State, StateStore, Status
 
 log = logging.getLogger("pebble_migrate")
 
@@ -55,7 +66,21 @@ def check_and_run_startup_migrations(
     resume (rerunnable, or written only through ctx); refuses a dirty one or a non-resumable
     interruption; refuses pending migrations unless `run_migrations`; checks free space;
     then runs them. Returns the run report, or None when nothing was pending.
+
+    Whatever it raises holds no rocksdict handle: the caller may keep the error and still
+    close and reopen the database.
     """
+    try:
+        return _check_and_run(db, db_path, opts)
+    except BaseException as exc:
+        release_frames(exc)
+        raise
+
+
+def _check_and_run(
+    db: rocksdict.Rdict, db_path: str | Path, opts: StartupOptions | None
+) -> RunReport | None:
+    """Do the work of check_and_run_startup_migrations."""
     opts = opts or default_startup_options()
     reporter = log_reporter(opts.logger)
     finished = restore.recover(Path(db_path))  # leftovers of a restore killed midway
@@ -69,7 +94,13 @@ def check_and_run_startup_migrations(
             initialize(states, migrations, reporter)  # stamped: nothing to run
             return None
         require_clean(state, {m.id: m for m in migrations}, "startup", opts.cli_name)
-        plan = planner.plan_up(migrations, state.applied)
+        plan = planner.plan_up(migrations, state.applied, rerun=interrupted_rerun(state))
+        if not plan and state.status is not Status.CLEAN:
+            raise NotCleanError(
+                f"the database status is {state.status.value}, and no migration here would "
+                "finish it.",
+                hint=f"See `{opts.cli_name} status --verbose`.",
+            )
         if not plan:
             initialize(states, migrations, reporter)
             opts.logger.info("database is up to date at version %d", state.current_version)

@@ -240,9 +240,15 @@ def is_empty(db: rocksdict.Rdict, where: str) -> bool:
         if name == STATE_CF:
             continue
         cf = db if name == "default" else db.get_column_family(name)
+        it = cf.iter()
         try:
-            for _ in checked_items(cf, where):
+            # Keys only: reading values would unpickle them in a pickle-mode database.
+            it.seek_to_first()
+            if it.valid():
                 return False
+            it.status()
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+            raise translate(exc, where) from None
         finally:
-            del cf
+            del it, cf
     return True

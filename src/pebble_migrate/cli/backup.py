@@ -241,7 +241,7 @@ def take_automatic_backup(
 ) -> None:
     """Take the backup that precedes the first write of up/down/rerun; apply retention."""
     db_path = s.database_path()
-    retention = _retention(s)  # a bad setting stops the run before the backup, too
+    retention = retention_setting(s)  # a bad setting stops the run before the backup, too
     info = backups.create_backup_of_open(
         db,
         db_path,
@@ -277,7 +277,8 @@ def _recover(s: Settings, out: Renderer) -> None:
         out.note(escape(message[0].upper() + message[1:]) + ".")
 
 
-def _retention(s: Settings) -> tuple[int | None, timedelta | None] | None:
+def retention_setting(s: Settings) -> tuple[int | None, timedelta | None] | None:
+    """Return the configured (keep, older-than) retention, or None; raise if it is bad."""
     keep, older = s.project.backup_keep, s.project.backup_older_than
     if keep is None and older is None:
         return None

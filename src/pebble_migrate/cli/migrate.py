@@ -24,13 +24,12 @@ def _run_options(
     backup: bool,
     policy: ChunkPolicy | None = None,
 ) -> commands.RunOptions:
-    confirm = confirmer(yes, destructive=destructive)
+    if backup:
+        from pebble_migrate.cli.backup import retention_setting
 
-    def ask(question: str) -> bool:
-        return confirm(question)
-
+        retention_setting(s)  # a bad setting must stop the run before its first write
     return commands.RunOptions(
-        confirm=ask,
+        confirm=confirmer(yes, destructive=destructive),
         reporter=out.event,
         policy=policy or ChunkPolicy(),
         before_write=_backup_hook(s, out) if backup else None,
