@@ -165,30 +165,8 @@ def test_before_running_migrations(shell: Shell) -> None:
     assert "Valid:" in shell.typed("pebble-migrate validate --database /path/to/db")
 
 
-def test_scenario_1_interrupted_manual_recovery(shell: Shell) -> None:
-    shell.typed("pebble-migrate up --database /path/to/db")
-    _add_emails(shell)
-    proc = subprocess.Popen(
-        shell.words("pebble-migrate up --database /path/to/db --yes"),
-        cwd=shell.root,
-        env={**shell.env, "BLOCK": "1"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "midway"
-    proc.kill()  # the crash / OOM of the guide
-    proc.wait()
-    assert shell.status()["status"] == "migrating"
-
-    assert "migrating" in shell.typed("pebble-migrate status --database /path/to/db")
-    shell.typed("pebble-migrate force-clean --database /path/to/db")
-    shell.typed("pebble-migrate up --database /path/to/db")
-    assert shell.status()["status"] == "clean"
-    assert sum(k.startswith(b"email:") for k in contents(shell.db)["default"]) == 50
-
-
-def test_scenario_1_restore_from_backup(shell: Shell) -> None:
+def _kill_midway(shell: Shell) -> None:
+    """Apply the users, then SIGKILL the emails migration half-way (it wrote around ctx)."""
     shell.typed("pebble-migrate up --database /path/to/db")
     _add_emails(shell)
     proc = subprocess.Popen(
@@ -202,6 +180,21 @@ def test_scenario_1_restore_from_backup(shell: Shell) -> None:
     assert proc.stdout is not None and proc.stdout.readline().strip() == "midway"
     proc.kill()
     proc.wait()
+
+
+def test_scenario_1_interrupted_manual_recovery(shell: Shell) -> None:
+    _kill_midway(shell)  # the crash / OOM of the guide
+    assert shell.status()["status"] == "migrating"
+
+    assert "migrating" in shell.typed("pebble-migrate status --database /path/to/db")
+    shell.typed("pebble-migrate force-clean --database /path/to/db")
+    shell.typed("pebble-migrate up --database /path/to/db")
+    assert shell.status()["status"] == "clean"
+    assert sum(k.startswith(b"email:") for k in contents(shell.db)["default"]) == 50
+
+
+def test_scenario_1_restore_from_backup(shell: Shell) -> None:
+    _kill_midway(shell)
     shell.typed("pebble-migrate backup list --database /path/to/db")
     newest = str(shell.backups()[-1]["path"])
     shell.typed(

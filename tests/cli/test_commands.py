@@ -145,7 +145,7 @@ def test_destructive_commands_refuse_without_terminal_or_yes(
         )
         invoke("up", "-d", "db")
     if args == ["repair"]:
-        _drop_history(project / "db")
+        _drop_history_of(project / "db")
     before = snapshot(project / "db")
     result = invoke(*args, "-d", "db")
     assert result.exit_code == 2
@@ -155,19 +155,6 @@ def test_destructive_commands_refuse_without_terminal_or_yes(
     result = invoke(*args, "-d", "db", "--yes")
     assert result.exit_code == 0, result.stderr
     assert snapshot(project / "db") != before
-
-
-def _drop_history(path: Path) -> None:
-    import rocksdict
-
-    from pebble_migrate.store import STATE_CF
-
-    db = rocksdict.Rdict(str(path))
-    cf = db.get_column_family(STATE_CF)
-    for key in [k for k in cf.keys() if k.startswith(b"history/")]:  # noqa: SIM118 - Rdict
-        del cf[key]
-    del cf
-    db.close()
 
 
 def test_down_then_history_and_validate(invoke: Invoke, project: Path) -> None:
@@ -326,7 +313,8 @@ def test_maintenance_commands_honour_dry_run(invoke: Invoke, project: Path) -> N
     assert not list((project / "migrations").glob("*_new_thing.py"))
 
 
-def _drop_history_of(path: Path, migration_id: str) -> None:
+def _drop_history_of(path: Path, migration_id: str | None = None) -> None:
+    """Delete the history records of one migration (of all, by default)."""
     import rocksdict
 
     from pebble_migrate.store import STATE_CF
@@ -334,7 +322,7 @@ def _drop_history_of(path: Path, migration_id: str) -> None:
     db = rocksdict.Rdict(str(path))
     cf = db.get_column_family(STATE_CF)
     for key, value in list(cf.items(from_key=b"history/")):
-        if key.startswith(b"history/") and json.loads(value)["id"] == migration_id:
+        if key.startswith(b"history/") and migration_id in (None, json.loads(value)["id"]):
             del cf[key]
     del cf
     db.close()

@@ -149,11 +149,8 @@ def test_killed_scan_migration_resumes_exactly_once(tmp_path: Path) -> None:
     assert contents(db)["default"] == dict.fromkeys(KEYS, b"v+")
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_first_signal_commits_and_exits_with_its_code(
-    tmp_path: Path, signum: int, code: int
-) -> None:
-    db, migrations = _project(tmp_path, SCANNING)
+def _up_until_midway(db: Path, migrations: Path, *, chunk: int) -> subprocess.Popen[str]:
+    """Start the real CLI's `up` and return once the migration says it is half-way."""
     proc = _start(
         [
             sys.executable,
@@ -166,11 +163,21 @@ def test_first_signal_commits_and_exits_with_its_code(
             str(migrations),
             "--no-backup",
             "--chunk-records",
-            "1000",
+            str(chunk),
         ]
     )
-    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "midway"
+    return proc
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_first_signal_commits_and_exits_with_its_code(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    db, migrations = _project(tmp_path, SCANNING)
+    proc = _up_until_midway(db, migrations, chunk=1000)
+    assert proc.stdin is not None
     proc.send_signal(signum)
     proc.stdin.write("\n")  # let key 100 finish; the scan stops before key 101
     proc.stdin.flush()
@@ -194,23 +201,8 @@ def test_first_signal_commits_and_exits_with_its_code(
 
 def test_second_signal_stops_at_once(tmp_path: Path) -> None:
     db, migrations = _project(tmp_path, SCANNING)
-    proc = _start(
-        [
-            sys.executable,
-            "-m",
-            "pebble_migrate",
-            "up",
-            "-d",
-            str(db),
-            "-m",
-            str(migrations),
-            "--no-backup",
-            "--chunk-records",
-            "40",
-        ]
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline().strip() == "midway"
+    proc = _up_until_midway(db, migrations, chunk=40)
+    assert proc.stderr is not None
     proc.send_signal(signal.SIGINT)
     # Two signals sent back to back can arrive as one; wait until the first was handled.
     seen = ""
