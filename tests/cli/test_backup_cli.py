@@ -22,6 +22,7 @@ from pebble_migrate.backup import BackupInfo, create_backup, list_backups
 from pebble_migrate.testing import contents
 from tests.conftest import Invoke, snapshot, tmpfs, write_migration
 from tests.test_backup import (
+    AGES,
     T0,
     Clock,
     backups_at,
@@ -468,14 +469,6 @@ def test_verify(invoke: Invoke, db: Path, good: BackupInfo, clock: Clock) -> Non
 
 
 # --- cleanup --------------------------------------------------------------------------
-
-AGES = [
-    timedelta(days=40),
-    timedelta(days=20),
-    timedelta(days=10),
-    timedelta(days=2),
-    timedelta(hours=1),
-]
 
 
 @pytest.mark.parametrize(

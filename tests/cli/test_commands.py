@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,14 +173,19 @@ def test_down_then_history_and_validate(invoke: Invoke, project: Path) -> None:
     assert [r["kind"] for r in json.loads(result.stdout)["history"]] == ["rollback"]
 
 
-def test_validate_failure_exits_7(invoke: Invoke, project: Path) -> None:
+def _validate_after_damage(invoke: Invoke, project: Path) -> Any:
+    """Apply everything, break what the upper migration validates, run `validate -v`."""
     invoke("up", "-d", "db")
     import rocksdict
 
     db = rocksdict.Rdict(str(project / "db"))
     db[b"user:1"] = b"lower"
     db.close()
-    result = invoke("validate", "-d", "db", "--verbose")
+    return invoke("validate", "-d", "db", "--verbose")
+
+
+def test_validate_failure_exits_7(invoke: Invoke, project: Path) -> None:
+    result = _validate_after_damage(invoke, project)
     assert result.exit_code == 7
     assert "FAIL validate 1700100000_upper: b'user:1' not upper" in result.stdout
     assert "ok   status" in result.stdout
@@ -354,13 +360,7 @@ def test_down_from_dirty_with_nothing_to_undo_marks_it_clean(invoke: Invoke, pro
 
 
 def test_verbose_shows_no_traceback_for_expected_outcomes(invoke: Invoke, project: Path) -> None:
-    invoke("up", "-d", "db")
-    import rocksdict
-
-    db = rocksdict.Rdict(str(project / "db"))
-    db[b"user:1"] = b"lower"
-    db.close()
-    result = invoke("validate", "-d", "db", "--verbose")
+    result = _validate_after_damage(invoke, project)
     assert result.exit_code == 7
     assert "Traceback" not in result.stderr
     assert "Error: validation found 1 problem(s)" in result.stderr

@@ -132,40 +132,23 @@ def test_killed_scan_migration_resumes_exactly_once(tmp_path: Path) -> None:
     _run_app_until_midway_and_kill(tmp_path, db, migrations)
     data = contents(db)["default"]
     assert sum(v == b"v+" for v in data.values()) == 100  # four chunks of 25 committed
-    cli = [
-        sys.executable,
-        "-m",
-        "pebble_migrate",
-        "up",
-        "-d",
-        str(db),
-        "-m",
-        str(migrations),
-        "--no-backup",
-    ]
-    done = subprocess.run(cli, input="\n", capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        _cli_up(db, migrations), input="\n", capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming 1700000000_job after b'k:0099' (100 of ~200)" in done.stderr
     assert contents(db)["default"] == dict.fromkeys(KEYS, b"v+")
 
 
+def _cli_up(db: Path, migrations: Path, *extra: str) -> list[str]:
+    """Return the command line of the real CLI's `up` on this project (no backup)."""
+    up = ["up", "-d", str(db), "-m", str(migrations), "--no-backup", *extra]
+    return [sys.executable, "-m", "pebble_migrate", *up]
+
+
 def _up_until_midway(db: Path, migrations: Path, *, chunk: int) -> subprocess.Popen[str]:
     """Start the real CLI's `up` and return once the migration says it is half-way."""
-    proc = _start(
-        [
-            sys.executable,
-            "-m",
-            "pebble_migrate",
-            "up",
-            "-d",
-            str(db),
-            "-m",
-            str(migrations),
-            "--no-backup",
-            "--chunk-records",
-            str(chunk),
-        ]
-    )
+    proc = _start(_cli_up(db, migrations, "--chunk-records", str(chunk)))
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "midway"
     return proc
