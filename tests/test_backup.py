@@ -352,6 +352,7 @@ def test_summary_has_the_listed_fields(tmp_path: Path, clock: Clock) -> None:
         "size_bytes": info.size_bytes,
         "trigger": "1700000000_x",
         "archive": False,
+        "partial": {},
     }
     assert info.size_bytes == sum((info.path / "db" / f.name).stat().st_size for f in info.files)
 

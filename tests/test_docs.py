@@ -217,7 +217,16 @@ def test_every_command_that_changes_something_documents_its_dry_run(path: str) -
 
 
 # Members the executor uses to drive a context; migrations never call them.
-CTX_INTERNAL = {"record", "release", "take_batch", "wrote_directly"}
+# The executor's side of the context: how it collects the work and judges the run.
+CTX_INTERNAL = {
+    "check_finished",
+    "commit_work",
+    "failure",
+    "record",
+    "release",
+    "take_batch",
+    "wrote_directly",
+}
 
 
 def test_every_ctx_member_is_in_the_ctx_table() -> None:
@@ -278,3 +287,9 @@ def test_slug_matches_github() -> None:
     assert slug("`ctx.db`: the escape hatch") == "ctxdb-the-escape-hatch"
     assert slug("`down` and `validate`") == "down-and-validate"
     assert slug("New databases and databases with data") == "new-databases-and-databases-with-data"
+
+
+def test_the_state_machine_table_is_the_one_in_the_code() -> None:
+    from pebble_migrate.transitions import table_markdown
+
+    assert table_markdown() in read(DOCS / "architecture.md")

@@ -502,14 +502,16 @@ def test_interrupted_rerun_rollback_blocks_down_around_it_and_rerun_continues(
 
     commands.up(users_db, reg(False), options=_opts(10))
     with pytest.raises(KeyboardInterrupt):
-        commands.rerun(users_db, reg(True), "1700000000_plus", options=_no_signals())
+        commands.rerun(
+            users_db, reg(True), "1700000000_plus", allow_later=True, options=_no_signals()
+        )
     assert _state(users_db)[0].status is Status.ROLLBACK
     before = contents(users_db, state=True)
     with pytest.raises(PlanError) as info:
         commands.down(users_db, reg(False), "1700000000")
     assert "1700000000_plus is half rolled back" in info.value.message
     assert contents(users_db, state=True) == before
-    commands.rerun(users_db, reg(False), "1700000000_plus", options=_opts(10))
+    commands.rerun(users_db, reg(False), "1700000000_plus", allow_later=True, options=_opts(10))
     state, records = _state(users_db)
     assert (state.status, records) == (Status.CLEAN, {})
     assert all(v == USERS[k] + b"+" for k, v in contents(users_db)["default"].items() if k in USERS)

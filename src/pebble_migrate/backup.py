@@ -20,6 +20,7 @@ from pebble_migrate import store
 from pebble_migrate.durable import fsync_dir, write_json_atomic
 from pebble_migrate.errors import DiskFullError, InsufficientSpace, MigrateError
 from pebble_migrate.faults import kill_point
+from pebble_migrate.paths import default_backup_dir, resolve_database
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import StateStore
 from pebble_migrate.units import utc_now
@@ -81,6 +82,11 @@ class BackupInfo:
     trigger: str | None
     files: tuple[BackupFile, ...] = field(default=(), repr=False)
     archive: bool = False
+    partial: dict[str, str] = field(default_factory=dict)
+    """Migrations left halfway in the backed-up database: id -> how far (its scans' views
+    are in the backup, so after a restore `up` continues them exactly)."""
+    applied: tuple[str, ...] | None = None
+    """The applied migrations (None in backups made before this was recorded)."""
 
     @property
     def size_bytes(self) -> int:
@@ -99,14 +105,54 @@ class BackupInfo:
             "size_bytes": self.size_bytes,
             "trigger": self.trigger,
             "archive": self.archive,
+            "partial": dict(self.partial),
         }
 
 
 def backup_dir_for(db_path: str | Path, configured: str | Path | None = None) -> Path:
-    """Return the backup directory: the configured one, or `<db>.backups` beside the db."""
+    """Return the backup directory: the configured one, or `<db>.backups` beside the
+    resolved database path."""
     if configured is not None:
         return Path(configured)
-    return Path(str(db_path).rstrip("/") + ".backups")
+    return default_backup_dir(resolve_database(db_path))
+
+
+def backup_before(
+    db_path: str | Path, backup_dir: str | Path | None, migration_id: str
+) -> BackupInfo | None:
+    """Return the newest backup of this database taken before `migration_id` began (it
+    is neither applied nor halfway there), or None."""
+    try:
+        found = list_backups(db_path, backup_dir=backup_dir)
+    except (MigrateError, OSError):
+        return None
+    for info in reversed(found):
+        if (
+            info.applied is not None
+            and migration_id not in info.applied
+            and migration_id not in info.partial
+        ):
+            return info
+    return None
+
+
+def resume_impossible_hint(
+    db_path: str | Path, backup_dir: str | Path | None, migration_id: str, cli: str
+) -> str:
+    """Return the way out when a migration left halfway cannot continue exactly."""
+    before = backup_before(db_path, backup_dir, migration_id)
+    restore_it = (
+        f"restore the backup taken before {migration_id} began: `{cli} backup restore "
+        f"{before.id} --force`, then `{cli} up`"
+        if before is not None
+        else f"restore a backup taken before {migration_id} began (`{cli} backup list`), "
+        f"then `{cli} up`"
+    )
+    return (
+        f"Nothing was changed. The safe way: {restore_it}. Only if {migration_id} is safe to "
+        f"apply twice to the keys it already did: `{cli} up --from-start` (its committed "
+        "chunks would be processed again)."
+    )
 
 
 def describe_trigger(plan: Plan) -> str:
@@ -164,6 +210,7 @@ def create_backup_of_open(
     try:
         _checkpoint(db, tmp / DATA)
         kill_point("backup-checkpoint")
+        _copy_views(resolve_database(db_path), tmp / DATA, _partial_of(db, db_path))
         info = _describe(db, db_path, tmp, backup_id, created, description, trigger)
         write_json_atomic(tmp / META, encode_info(info))
         fsync_dir(tmp)
@@ -205,6 +252,39 @@ def _checkpoint(db: rocksdict.Rdict, target: Path) -> None:
         raise store.translate(exc, str(db.path())) from None
     finally:
         del checkpoint
+
+
+def _partial_of(db: rocksdict.Rdict, db_path: str | Path) -> dict[str, str]:
+    from pebble_migrate.executor import run_records
+
+    with StateStore(db, str(db_path)) as states:
+        records = run_records(states)
+    return {mid: r.describe() for (mid, _), r in sorted(records.items())}
+
+
+def _copy_views(db_path: Path, data: Path, partial: dict[str, str]) -> None:
+    """Put the frozen views of the migrations left halfway into the backup (hard links
+    where possible), so that a restored copy continues them exactly."""
+    from pebble_migrate.views import scans_dir
+
+    source_root = scans_dir(db_path)
+    for mid in partial:
+        source = source_root / mid
+        if not source.is_dir() or source.is_symlink():
+            continue
+        target = scans_dir(data) / mid
+        for path in sorted(source.rglob("*")):
+            relative = path.relative_to(source)
+            if path.is_symlink():
+                continue  # never followed out of the database
+            if path.is_dir():
+                (target / relative).mkdir(parents=True, exist_ok=True)
+            elif path.is_file():
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, target / relative)
+                except OSError:
+                    shutil.copy2(path, target / relative)
 
 
 def _check_room(root: Path, db: rocksdict.Rdict, db_path: Path, compress: bool) -> None:
@@ -253,17 +333,20 @@ def _describe(
 ) -> BackupInfo:
     with StateStore(db, str(db_path)) as states:
         state = states.read()
+    partial = _partial_of(db, db_path)
     return BackupInfo(
         id=backup_id,
         path=folder,
         created_at=created,
         description=description,
-        database_path=str(Path(db_path).resolve()),
+        database_path=str(resolve_database(db_path)),
         database_id=state.database_id,
         version=state.current_version,
         status=state.status.value,
         trigger=trigger,
         files=tuple(checksum_files(folder / DATA, cache=folder.parent / _CACHE)),
+        partial=partial,
+        applied=tuple(sorted(state.applied)),
     )
 
 
@@ -548,7 +631,27 @@ def encode_info(info: BackupInfo) -> dict[str, Any]:
         "status": info.status,
         "trigger": info.trigger,
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in info.files],
+        "partial": dict(info.partial),
+        "applied": None if info.applied is None else list(info.applied),
     }
+
+
+def _text_map(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError("partial must map migration ids to text")
+    return dict(value)
+
+
+def _ids(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("applied must be a list of migration ids")
+    return tuple(value)
 
 
 def decode_info(data: Any, path: Path, what: str, *, archive: bool = False) -> BackupInfo:
@@ -570,6 +673,8 @@ def decode_info(data: Any, path: Path, what: str, *, archive: bool = False) -> B
                 BackupFile(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]
             ),
             archive=archive,
+            partial=_text_map(data.get("partial")),
+            applied=_ids(data.get("applied")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotABackup(what, f"{META} is malformed ({type(exc).__name__}: {exc})") from None

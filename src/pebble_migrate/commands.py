@@ -12,7 +12,7 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import restore, store, views
+from pebble_migrate import restore, store, transitions, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
 from pebble_migrate.errors import (
@@ -24,15 +24,9 @@ from pebble_migrate.errors import (
     release_frames,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
-from pebble_migrate.executor import (
-    Executor,
-    RunReport,
-    initialize,
-    interrupted_rerun,
-    require_clean,
-    run_records,
-)
+from pebble_migrate.executor import Executor, RunReport, initialize, run_records
 from pebble_migrate.migration import Migration
+from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry
 from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
@@ -57,16 +51,20 @@ class Aborted(MigrateError):
 
 
 class Session:
-    """A database these verbs opened themselves, so they may close and reopen it."""
+    """A database these verbs opened themselves, so they may close and reopen it.
+
+    `path` is the resolved database path: every path derived from it (views, backups,
+    journals) is the same whatever the working directory or spelling the caller used.
+    """
 
     def __init__(self, db_path: str | Path, *, read_only: bool, create: bool = False) -> None:
-        self.path = Path(db_path)
+        self.path = resolve_database(db_path)
         self.read_only = read_only
         finished = restore.recover(self.path)
         if finished:
             log.warning("%s", finished)
-        self.db = store.open_database(db_path, read_only=read_only, create=create)
-        self.states = StateStore(self.db, str(db_path))
+        self.db = store.open_database(self.path, read_only=read_only, create=create)
+        self.states = StateStore(self.db, str(self.path))
 
     def close(self, *, quiet: bool = False) -> None:
         """Release every handle and close the database (errors ignored when `quiet`)."""
@@ -90,15 +88,18 @@ class Session:
 def opened(db_path: str | Path, *, read_only: bool, create: bool = False) -> Iterator[Session]:
     """Open the database and its state store; release and close both on exit."""
     session = Session(db_path, read_only=read_only, create=create)
-    failed = False
     try:
         yield session
     except BaseException as exc:
-        failed = True
         release_frames(exc)
+        session.close(quiet=True)
         raise
-    finally:
-        session.close(quiet=failed)
+    try:
+        session.close()
+    except MigrateError as exc:
+        # Every write was committed by a synced batch before this point, so a failing
+        # close (a full disk while RocksDB tidies up) changes nothing that was done.
+        log.warning("closing %s reported: %s (everything was committed before)", session.path, exc)
 
 
 # --- status -------------------------------------------------------------------------
@@ -118,17 +119,15 @@ class StatusReport:
     interrupted: RunRecord | None = None
     partial: list[RunRecord] = field(default_factory=list)
     fresh_empty: bool = False
+    reading: transitions.Reading = field(
+        default_factory=lambda: transitions.Reading(transitions.Situation.CLEAN)
+    )
 
     @property
     def check_code(self) -> int:
-        """The exit code of `status --check`: 4 not clean, 3 pending, 0 up to date."""
-        from pebble_migrate.errors import EXIT_NOT_CLEAN, EXIT_PENDING
-
-        if self.state.status is not Status.CLEAN:
-            return EXIT_NOT_CLEAN
-        if self.pending and not self.fresh_empty:
-            return EXIT_PENDING
-        return 0
+        """The exit code of `status --check`: 4 not clean (a run left halfway counts),
+        3 pending (a partly applied migration counts), 0 up to date."""
+        return self.reading.check_code(bool(self.pending) and not self.fresh_empty)
 
 
 def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) -> StatusReport:
@@ -138,20 +137,15 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
         db, states = session.db, session.states
         state = states.read()
         records = run_records(states)
-        fresh_empty = not state.initialized and store.is_empty(db, str(db_path))
+        fresh_empty = not state.initialized and store.is_empty(db, str(session.path))
         recent = states.history(limit=max(history, 1))
     pending = [] if fresh_empty else planner.pending(migrations, state.applied)
     known = {m.id for m in migrations}
-    progress = state.in_progress
-    interrupted = None
-    if progress is not None:
-        action = "rollback" if progress.kind == "rollback" else "apply"
-        interrupted = records.get((progress.id, action))
-    partial = [
-        r for (mid, action), r in records.items() if action == "apply" and r is not interrupted
-    ]
+    reading = transitions.read(state, records, {m.id: m for m in migrations})
+    interrupted = reading.record if state.in_progress is not None else None
+    partial = [r for r in records.values() if r is not interrupted]
     return StatusReport(
-        database=str(db_path),
+        database=str(session.path),
         state=state,
         migrations=migrations,
         pending=pending,
@@ -159,8 +153,9 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
         history=recent[-history:] if history else [],
         last=recent[-1] if recent else None,
         interrupted=interrupted,
-        partial=[r for r in partial if r.migration_id not in state.applied],
+        partial=partial,
         fresh_empty=fresh_empty,
+        reading=reading,
     )
 
 
@@ -175,7 +170,7 @@ def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRec
 
 @dataclass
 class RunOptions:
-    """How up/down/rerun run: confirmation, reporting, chunking, signals."""
+    """How up/down/rerun run: confirmation, reporting, chunking, signals, validation."""
 
     confirm: Confirm = always
     reporter: Reporter = null_reporter
@@ -185,6 +180,10 @@ class RunOptions:
     before_write: BeforeWrite | None = None
     check_space: bool = True
     space_multiplier: float = 2.0
+    validate: bool = True
+    """Run each applied migration's `validate` before recording it applied."""
+    backup_dir: str | Path | None = None
+    """Where backups are (for naming the one to restore when a run cannot resume)."""
 
 
 @dataclass
@@ -196,6 +195,8 @@ class Outcome:
     initialized: bool = False
     stamp: bool = False
     cleared: str | None = None
+    later: tuple[str, ...] = ()
+    """For a rerun: the applied migrations after the one rerun (allowed explicitly)."""
 
 
 def up(
@@ -216,29 +217,35 @@ def up(
         db, states = session.db, session.states
         state = states.read()
         fresh = not state.initialized
-        if fresh and store.is_empty(db, str(db_path)):
+        if fresh and store.is_empty(db, str(session.path)):
             if not dry_run:
                 initialize(states, migrations, opts.reporter)
             stamp = planner.Plan("up", (), 0, registry.latest_version)
             return Outcome(stamp, None, fresh, stamp=bool(migrations))
-        require_clean(state, {m.id: m for m in migrations}, "up", opts.cli_name)
-        plan = planner.plan_up(migrations, state.applied, version, interrupted_rerun(state))
-        _check_interrupted_in_plan(state, plan, opts.cli_name)
+        records = run_records(states)
+        by_id = {m.id: m for m in migrations}
+        reading = transitions.read(state, records, by_id)
+        transitions.decide(reading, "up", opts.cli_name)
+        rerun = transitions.rerun_to_finish(reading, state)
+        plan = planner.plan_up(migrations, state.applied, version, rerun)
+        _check_half_done_in_plan(reading, plan, by_id, opts.cli_name)
+        discard = [r for r in records.values() if r.migration_id in plan.ids] if from_start else []
+        if not discard:
+            _check_views(session, plan, opts)
         if dry_run:
             return Outcome(plan, None)
         if not plan:
             initialize(states, migrations, opts.reporter)
             return Outcome(plan, None, fresh)
-        records = _progress_of(states, plan) if from_start else []
-        if records:
-            _confirm_discard(records, opts)
+        if discard:
+            _confirm_discard(discard, opts)
         elif not opts.confirm(f"Apply {len(plan.steps)} migration(s): {', '.join(plan.ids)}?"):
             raise Aborted()
         if opts.check_space:
-            check_space(Path(db_path), opts.space_multiplier)
+            check_space(session.path, opts.space_multiplier)
         state = initialize(states, migrations, opts.reporter)
         _backup_first(db, state, plan, opts)
-        _discard(states, records, opts)
+        _discard(session, discard, opts)
         return Outcome(plan, _execute(session, plan, opts), fresh)
 
 
@@ -257,11 +264,13 @@ def down(
     with opened(db_path, read_only=dry_run) as session:
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
-        require_clean(state, {m.id: m for m in migrations}, "down", opts.cli_name)
         records = run_records(states)
+        reading = transitions.read(state, records, {m.id: m for m in migrations})
+        transitions.decide(reading, "down", opts.cli_name)
         partial = _partly_applied(state, records)
         plan = planner.plan_down(migrations, state.applied, version, partial)
-        _check_leftovers_in_plan(state, records, plan, version, opts.cli_name)
+        _check_leftovers_in_plan(reading, state, records, plan, version, opts.cli_name)
+        _check_views(session, plan, opts)
         if not plan and state.status is Status.DIRTY:
             return _clear_failed(states, state, plan, opts, dry_run)
         if dry_run or not plan:
@@ -276,7 +285,7 @@ def down(
         if not opts.confirm(question):
             raise Aborted()
         if opts.check_space:
-            check_space(Path(db_path), opts.space_multiplier)
+            check_space(session.path, opts.space_multiplier)
         _backup_first(db, state, plan, opts)
         return Outcome(plan, _execute(session, plan, opts))
 
@@ -310,30 +319,46 @@ def left_work(state: State, records: dict[tuple[str, str], RunRecord]) -> bool:
 
 
 def _check_leftovers_in_plan(
+    reading: transitions.Reading,
     state: State,
     records: dict[tuple[str, str], RunRecord],
     plan: planner.Plan,
     version: int,
     cli: str,
 ) -> None:
-    """Refuse a `down` that would mark the database clean around a migration that failed
-    or stopped halfway and is not among the steps that undo it."""
-    progress = state.in_progress
-    if progress is None or progress.id in plan.ids or not left_work(state, records):
+    """Refuse a `down` that would leave a migration half done (failed, stopped or left
+    halfway by an earlier run) outside the steps it runs."""
+    mid = transitions.half_done(reading)
+    if mid is None or mid in plan.ids:
         return
-    half = "rolled back" if progress.kind == "rollback" else "applied"
+    if reading.record is None and not left_work(state, records):
+        return
+    half = "rolled back" if reading.situation in _ROLLING else "applied"
     raise PlanError(
-        f"{progress.id} is half {half} (status {state.status.value}) and is not above "
+        f"{mid} is half {half} (status {state.status.value}) and is not above "
         f"version {version}, so `down {version}` would leave its work as it is.",
-        hint=f"Roll back below it (`{cli} down` to an earlier version), or accept it: "
-        f"`{cli} force-clean`, then `{cli} up` or `{cli} rerun {progress.id}`.",
+        hint=f"Roll back below it (`{cli} down` to an earlier version)"
+        + (
+            f", or accept it: `{cli} force-clean`, then `{cli} up` or `{cli} rerun {mid}`."
+            if half == "applied"
+            else "."
+        ),
     )
+
+
+_ROLLING = (
+    transitions.Situation.HALF_ROLLED_BACK,
+    transitions.Situation.ROLLING_BACK,
+    transitions.Situation.ROLLING_BACK_STUCK,
+    transitions.Situation.DIRTY_ROLLBACK,
+)
 
 
 def _partly_applied(state: State, records: dict[tuple[str, str], RunRecord]) -> set[str]:
     """Return migrations not applied whose writes may be in the database: those with
-    committed scan chunks, and a failed one that wrote outside ctx."""
-    partial = {mid for (mid, action) in records if action == "apply"}
+    committed scan chunks (of `up`, or of the `down` that followed), and a failed one that
+    wrote outside ctx."""
+    partial = {mid for (mid, _) in records}
     progress = state.in_progress
     if progress is not None and progress.kind != "rollback" and not progress.resumable:
         partial.add(progress.id)
@@ -346,40 +371,62 @@ def rerun(
     migration_id: str,
     *,
     dry_run: bool = False,
+    allow_later: bool = False,
     options: RunOptions | None = None,
 ) -> Outcome:
-    """Roll a migration back and apply it again."""
+    """Roll a migration back and apply it again.
+
+    Refused when migrations applied after it may have consumed its output (rebuilding it
+    would read what they have since changed), unless `allow_later`.
+    """
     opts = options or RunOptions()
     migrations = registry.ordered()
     with opened(db_path, read_only=dry_run) as session:
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
-        require_clean(state, {m.id: m for m in migrations}, "rerun", opts.cli_name)
-        plan = _continue_rerun(state, planner.plan_rerun(migrations, state.applied, migration_id))
+        records = run_records(states)
+        reading = transitions.read(state, records, {m.id: m for m in migrations})
+        target = planner.find(migrations, migration_id)
+        transitions.decide(reading, "rerun", opts.cli_name, target_id=target.id)
+        plan = _rerun_plan(reading, state, migrations, target)
+        later = planner.applied_after(migrations, state.applied, target.id)
+        if later and not allow_later:
+            raise PlanError(
+                f"{target.id} has later migrations applied: {', '.join(later)}. They may have "
+                f"read or changed what {target.id} wrote, and rerunning it now would rebuild "
+                "it from the data as they left it.",
+                hint=f"Nothing was changed. Roll back to it first (`{opts.cli_name} down "
+                f"{target.version}`, then `{opts.cli_name} rerun {target.id}`, then "
+                f"`{opts.cli_name} up`), or, if they cannot be affected, add --allow-later.",
+            )
+        _check_views(session, plan, opts)
         if dry_run:
-            return Outcome(plan, None)
-        if not opts.confirm(f"Roll back and re-apply {plan.steps[-1].id}?"):
+            return Outcome(plan, None, later=tuple(later))
+        question = f"Roll back and re-apply {target.id}?"
+        if later:
+            question += f" Later migrations stay applied: {', '.join(later)}."
+        if not opts.confirm(question):
             raise Aborted()
         if opts.check_space:
-            check_space(Path(db_path), opts.space_multiplier)
+            check_space(session.path, opts.space_multiplier)
         _backup_first(db, state, plan, opts)
-        return Outcome(plan, _execute(session, plan, opts))
+        return Outcome(plan, _execute(session, plan, opts), later=tuple(later))
 
 
-def _continue_rerun(state: State, plan: planner.Plan) -> planner.Plan:
-    """A rerun stopped in its apply phase goes on from there, not from the rollback."""
-    target = plan.steps[-1].id
-    progress = state.in_progress
-    if state.status is not Status.CLEAN and (progress is None or progress.id != target):
-        raise NotCleanError(
-            f"the database status is {state.status.value}"
-            + (f" ({progress.id})" if progress else "")
-            + f"; `rerun {target}` needs it clean.",
-            hint="Finish or undo that migration first (`pebble-migrate status --verbose`).",
+def _rerun_plan(
+    reading: transitions.Reading, state: State, migrations: list[Migration], target: Migration
+) -> planner.Plan:
+    """Return the rerun's steps; a rerun stopped in its apply phase goes on from there."""
+    current = planner.version_of(state.applied)
+    if reading.migration_id == target.id and reading.situation in (
+        transitions.Situation.MIGRATING,
+        transitions.Situation.PARTLY_APPLIED,
+    ):
+        step = planner.Step("apply", target, "rerun")
+        return planner.Plan(
+            "rerun", (step,), current, planner.version_of([*state.applied, target.id])
         )
-    if interrupted_rerun(state) == target:
-        return planner.Plan("rerun", plan.steps[-1:], plan.from_version, plan.to_version)
-    return plan
+    return planner.plan_rerun(migrations, state.applied, target.id)
 
 
 def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: RunOptions) -> None:
@@ -390,10 +437,12 @@ def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: R
 def _execute(session: Session, plan: planner.Plan, opts: RunOptions) -> RunReport:
     executor = Executor(
         session.db,
+        session.path,
         reporter=opts.reporter,
         policy=opts.policy,
         handle_signals=opts.handle_signals,
         cli_name=opts.cli_name,
+        validate=opts.validate,
     )
     ballast = Ballast(session.path)
     ballast.ensure()
@@ -428,17 +477,43 @@ def _require_initialized(states: StateStore, cli: str) -> State:
     return state
 
 
-def _check_interrupted_in_plan(state: State, plan: planner.Plan, cli: str) -> None:
-    progress = state.in_progress
-    if state.status is Status.MIGRATING and progress and progress.id not in plan.ids:
+def _check_half_done_in_plan(
+    reading: transitions.Reading, plan: planner.Plan, by_id: dict[str, Migration], cli: str
+) -> None:
+    """Refuse an `up` that would run other migrations while one is left halfway, or that
+    cannot continue it because its code is gone."""
+    mid = transitions.half_done(reading)
+    if mid is None:
+        return
+    if mid not in by_id:
+        raise NotCleanError(
+            f"{mid} is {reading.situation.value} and its code is missing from the "
+            "migrations directory, so it cannot be continued.",
+            hint=f"Restore the migration file, or restore a backup (`{cli} backup list`).",
+        )
+    if mid not in plan.ids:
         raise UsageError(
-            f"{progress.id} was interrupted and must finish before the others.",
-            hint=f"Run `{cli} up` without a version (or up to {progress.id}).",
+            f"{mid} was left halfway ({reading.situation.value}) and must finish before "
+            "the others.",
+            hint=f"Run `{cli} up` without a version (or up to {mid}).",
         )
 
 
-def _progress_of(states: StateStore, plan: planner.Plan) -> list[RunRecord]:
-    return [r for (mid, _), r in run_records(states).items() if mid in plan.ids]
+def _check_views(session: Session, plan: planner.Plan, opts: RunOptions) -> None:
+    """Refuse, before any write, a run whose resume would need a frozen view that is gone
+    or is not its own; name the safe ways out."""
+    executor = Executor(session.db, session.path, handle_signals=False, cli_name=opts.cli_name)
+    try:
+        executor.check_views(plan)
+    except views.ViewMissing as exc:
+        from pebble_migrate.backup import resume_impossible_hint
+
+        exc.hint = resume_impossible_hint(
+            session.path, opts.backup_dir, exc.migration_id, opts.cli_name
+        )
+        raise
+    finally:
+        executor.release()
 
 
 def _confirm_discard(records: list[RunRecord], opts: RunOptions) -> None:
@@ -451,18 +526,26 @@ def _confirm_discard(records: list[RunRecord], opts: RunOptions) -> None:
         raise Aborted()
 
 
-def _discard(states: StateStore, records: list[RunRecord], opts: RunOptions) -> None:
+def _discard(session: Session, records: list[RunRecord], opts: RunOptions) -> None:
     if not records:
         return
+    states = session.states
     batch = states.batch()
     try:
         for r in records:
             states.stage_delete(batch, record_key(r.migration_id, r.action))
+            for key in states.keys(views.VIEW_PREFIX + f"{r.migration_id}/".encode()):
+                states.stage_delete(batch, key)
         states.commit(batch)
     finally:
         del batch
     for r in records:
-        views.drop_views(states.where, r.migration_id)
+        views.drop_views(session.path, r.migration_id)
         opts.reporter(
-            Event("notice", f"discarded the progress of {r.migration_id}", r.migration_id)
+            Event(
+                "notice",
+                f"discarded the progress of {r.migration_id}; writes it committed stay and "
+                "will be processed again",
+                r.migration_id,
+            )
         )

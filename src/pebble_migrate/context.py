@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
@@ -16,7 +15,7 @@ import rocksdict
 
 from pebble_migrate import store, views
 from pebble_migrate.counting import KeyCount
-from pebble_migrate.cursor import RunRecord, ScanCursor, encode_record, show_key
+from pebble_migrate.cursor import SCAN_NAME, RunRecord, ScanCursor, encode_record, show_key
 from pebble_migrate.errors import MigrateError, UsageError
 from pebble_migrate.events import Event
 from pebble_migrate.faults import kill_point
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 
 _DELETED = object()
 _NONE = object()
-_SCAN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PROGRESS_EVERY_S = 0.25
 
 
@@ -44,7 +42,8 @@ class Run(Protocol):
     """What the executor provides to a context while a migration runs."""
 
     states: StateStore
-    db_path: str
+    db_path: Path
+    database_id: str | None
     policy: ChunkPolicy
     guard: SignalGuard
 
@@ -102,6 +101,15 @@ class MigrationContext:
         self._direct = False
         self._last_progress = 0.0
         self._counter: KeyCount | None = None
+        self.failure: BaseException | None = None
+        """The first stop, corruption or storage error raised to the migration; it fails
+        the run even if the migration's code caught it and carried on."""
+
+    def _noted(self, exc: BaseException) -> BaseException:
+        """Remember `exc` as what stopped the run (the first one wins); return it."""
+        if self.failure is None:
+            self.failure = exc
+        return exc
 
     # --- writes ----------------------------------------------------------------
 
@@ -128,9 +136,14 @@ class MigrationContext:
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value of `key`, seeing this migration's uncommitted writes."""
         value = self._pending.get(key, _NONE)
-        if value is _NONE:
+        if value is not _NONE:
+            return default if value is _DELETED else value
+        try:
             return self._rdict.get(key, default)
-        return default if value is _DELETED else value
+        except Exception as exc:
+            if isinstance(exc, TypeError | KeyError):
+                raise  # a key of the wrong type: the migration's own mistake, as in rocksdict
+            raise self._noted(store.translate(exc, str(self._rdict.path()))) from None
 
     def _writable(self) -> rocksdict.WriteBatch:
         if self._run is None:
@@ -181,7 +194,7 @@ class MigrationContext:
 
     def _check_stop(self) -> None:
         if self._run is not None and self._run.interrupted():
-            raise self._run.stop(self._record, "before its work was committed")
+            raise self._noted(self._run.stop(self._record, "before its work was committed"))
 
     # --- scans -----------------------------------------------------------------
 
@@ -200,11 +213,17 @@ class MigrationContext:
         the scan's position, so a killed run resumes after the last committed key and
         processes each key exactly once. Give several scans in one migration distinct names.
         """
+        try:
+            return self._open_scan(prefix, start, end, name)
+        except BaseException as exc:  # noqa: BLE001 - noted, then raised again
+            raise self._noted(exc) from None
+
+    def _open_scan(self, prefix: Any, start: Any, end: Any, name: str) -> Iterator[tuple[Any, Any]]:
         if prefix is not None and (start is not None or end is not None):
             raise UsageError("ctx.scan() takes either prefix= or start=/end=, not both.")
         if prefix is not None:
             start, end = prefix, store.successor(prefix)
-        if not _SCAN_NAME.match(name):
+        if not isinstance(name, str) or not SCAN_NAME.match(name):
             raise UsageError(f"scan name {name!r} must be 1-64 letters, digits, '_', '.', '-'.")
         if name in self._used_names:
             raise UsageError(
@@ -259,18 +278,27 @@ class MigrationContext:
     def _start_scan(self, name: str, start: Any, end: Any) -> ScanCursor:
         run = self._run
         assert run is not None
-        path = views.view_path(run.db_path, self.migration.id, self._record.action, name)
-        # Commit what came before so the frozen view includes this migration's own earlier
-        # writes. The cursor joins the run record only once its view exists; a run killed
-        # before the scan's first chunk simply starts this scan again on a fresh view.
-        if self._batch is not None:
-            self._commit()
-        views.create_view(self._rdict, path)
-        cursor = ScanCursor(name=name, start=start, end=end, view=str(path))
+        action = self._record.action
+        path = views.view_path(run.db_path, self.migration.id, action, name)
+        # Commit what came before, with the view's marker, so the frozen view includes this
+        # migration's own earlier writes and proves whose it is. The cursor joins the run
+        # record only once its view exists; a run killed before the scan's first chunk
+        # simply starts this scan again on a fresh view.
+        token = views.new_token()
+        if self._batch is None:
+            self._batch = run.states.batch()
+        run.states.stage_raw(
+            self._batch, views.marker_key(self.migration.id, action, name), token.encode()
+        )
+        self._commit()
+        views.create_view(self._rdict, run.db_path, path)
+        cursor = ScanCursor(name=name, start=start, end=end, token=token)
         self._record.scans[name] = cursor
         return cursor
 
-    def _walk(self, cursor: ScanCursor) -> Generator[tuple[Any, Any], None, None]:
+    def _walk(  # noqa: PLR0912, PLR0915 - the hot loop stays in one frame, for speed
+        self, cursor: ScanCursor
+    ) -> Generator[tuple[Any, Any], None, None]:
         # The hot loop. Per key: a bounds test (none in raw mode, where RocksDB bounds the
         # iterator), one identity test, a counter and one comparison. The signal flag, the
         # record count and the batch size are looked at together once `since` reaches
@@ -280,8 +308,18 @@ class MigrationContext:
         guard = run.guard
         records, size = run.policy.records, run.policy.bytes
         after = cursor.after
-        view = views.open_view(Path(cursor.view), cursor.name, self.migration.id)
-        counter = self._count(cursor, view)
+        try:
+            view, path = views.open_view(
+                run.db_path,
+                self.migration.id,
+                self._record.action,
+                cursor.name,
+                cursor.token,
+                run.database_id,
+            )
+        except BaseException as exc:  # noqa: BLE001 - noted, then raised again
+            raise self._noted(exc) from None
+        counter = self._count(cursor, view, path)
         items, end = _range_items(
             view, cursor.start if after is None else after, cursor.end, raw=run.states.raw
         )
@@ -290,44 +328,49 @@ class MigrationContext:
         prev: Any = _NONE
         done, since, check = cursor.count, 0, min(64, records)
         self._scanning += 1
+        scanning = True
         try:
-            try:
-                for key, value in items:
-                    if end is not None and not key < end:
-                        break
-                    if prev is not _NONE:
-                        since += 1
-                        if since >= check or guard.first:
-                            if (
-                                guard.first
-                                or since >= records
-                                or self._batch.size_in_bytes() >= size
-                            ):
-                                done, since = done + since, 0
-                                self._end_chunk(cursor, prev, done)
-                            check = min(since + 64, records)
-                    elif after is not None and key == after:
-                        continue  # processed and committed by the run that stopped
-                    prev = key
-                    yield key, value
-            except TypeError:
-                pass  # pickle mode: keys of another type sort after this range
+            for key, value in items:
+                if end is not None:
+                    try:
+                        if not key < end:
+                            break
+                    except TypeError:
+                        break  # pickle mode: keys of another type sort after this range
+                if prev is not _NONE:
+                    since += 1
+                    if since >= check or guard.first:
+                        if guard.first or since >= records or self._batch.size_in_bytes() >= size:
+                            done, since = done + since, 0
+                            self._end_chunk(cursor, prev, done)
+                        check = min(since + 64, records)
+                elif after is not None and key == after:
+                    continue  # processed and committed by the run that stopped
+                prev = key
+                yield key, value
             last = prev if prev is not _NONE else after
-            store.verify_scan_end(view, cursor.view, last, cursor.start, cursor.end)
+            store.verify_scan_end(view, str(path), last, cursor.start, cursor.end)
+            self._scanning -= 1
+            scanning = False
+            self._finish_scan(cursor, prev, done + since + 1)
         except GeneratorExit:
             # The loop was left early (break): the last key handed out counts as processed;
-            # its writes go with the next commit. After a failure nothing is committed.
+            # its writes go with the next commit.
             if prev is not _NONE:
                 cursor.after, cursor.count = prev, done + since + 1
             cursor.done = True
             raise
+        except BaseException as exc:  # noqa: BLE001 - noted, then raised again
+            # A stop, a damaged block, a failed commit: nothing more of this run is
+            # committed, and the run fails even if the migration catches this.
+            raise self._noted(exc) from None
         finally:
-            self._scanning -= 1
+            if scanning:
+                self._scanning -= 1
             del items
             if counter is not None:
                 counter.close()
             view.close()
-        self._finish_scan(cursor, prev, done + since + 1)
 
     def _end_chunk(self, cursor: ScanCursor, prev: Any, done: int) -> None:
         """Commit the chunk that ends with key `prev`; stop here if a signal came."""
@@ -347,11 +390,11 @@ class MigrationContext:
         self._commit()
         self._maybe_progress(cursor, force=True)
 
-    def _count(self, cursor: ScanCursor, view: rocksdict.Rdict) -> KeyCount | None:
+    def _count(self, cursor: ScanCursor, view: rocksdict.Rdict, path: Path) -> KeyCount | None:
         """Start counting the keys of a new scan, for progress totals."""
         if cursor.after is not None or cursor.count:
             return None
-        counter = KeyCount.start(view, cursor.view, cursor.start, cursor.end)
+        counter = KeyCount.start(view, str(path), cursor.start, cursor.end)
         cursor.total = counter.total
         self._counter = counter
         return counter
@@ -382,6 +425,10 @@ class MigrationContext:
         self._batch = run.states.batch() if self._scanning else None
         self._pending.clear()
 
+    def commit_work(self) -> None:
+        """Commit the pending writes with the run record (the migration's code has ended)."""
+        self._commit()
+
     def take_batch(self) -> rocksdict.WriteBatch:
         """Return the pending writes (for the executor's final commit) and forget them."""
         batch = self._batch if self._batch is not None else self._run_states().batch()
@@ -404,17 +451,61 @@ class MigrationContext:
         """Whether the migration wrote through `ctx.db`."""
         return self._direct
 
-    def release(self) -> None:
-        """Close open scans and drop every rocksdict object held, so the db can be closed."""
+    def check_finished(self) -> None:
+        """Raise unless the migration's work is complete: raise the stop, corruption or
+        storage error it was given (even if its code caught it), or say which scan did not
+        reach its end. Scans still open count as left early, as with `break`."""
+        self._close_scans()
+        if self.failure is not None:
+            raise self.failure
+        unfinished = sorted(name for name, c in self._record.scans.items() if not c.done)
+        if unfinished:
+            names = ", ".join(repr(n) for n in unfinished)
+            raise UsageError(
+                f"{self.migration.id} returned before its scan(s) {names} reached the end: "
+                "a scan that is opened must be iterated (to its end, or left with `break`), "
+                "and a scan started by an earlier run must be opened again.",
+                hint="Its finished chunks are kept. Fix the migration, then continue it.",
+            )
+
+    def _close_scans(self) -> None:
         for ref in self._scans:
             scan = ref()
             if scan is not None:
                 scan.close()
         self._scans.clear()
+
+    def release(self) -> None:
+        """Close open scans and drop every rocksdict object held, so the db can be closed."""
+        self._close_scans()
         self._batch = None
         self._pending.clear()
         self.db = None
         self._rdict = None  # type: ignore[assignment]
+
+
+def validation_problems(db: rocksdict.Rdict, migration: Migration) -> list[str]:
+    """Run `migration.validate` over `db` (read-only); return its problems (none: valid).
+
+    `validate` reports failure by returning False or a non-empty list of problems, or by
+    raising.
+    """
+    if migration.validate is None:
+        return []
+    ctx = MigrationContext(db, migration, run=None)
+    try:
+        result = migration.validate(ctx)
+    except MigrateError as exc:
+        return [exc.message]
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        return [f"{type(exc).__name__}: {exc}"]
+    finally:
+        ctx.release()
+    if result is False:
+        return ["validate() returned False"]
+    if isinstance(result, list | tuple):
+        return [str(p) for p in result]
+    return []
 
 
 def _range_items(view: rocksdict.Rdict, begin: Any, end: Any, *, raw: bool) -> tuple[Any, Any]:

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pebble_migrate.errors import CorruptStateError
+from pebble_migrate.errors import CorruptStateError, MigrateError, UsageError
+from pebble_migrate.migration import parse_id
 from pebble_migrate.state import CURSOR_PREFIX
+
+SCAN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+ACTIONS = ("apply", "rollback")
 
 
 @dataclass
 class ScanCursor:
-    """Progress of one named scan: the last committed key, counts, and its frozen view."""
+    """Progress of one named scan: the last committed key, counts, and the token of its
+    frozen view (None in records written before views carried one)."""
 
     name: str
     start: Any
     end: Any
-    view: str
+    token: str | None
     after: Any = None
     count: int = 0
     total: int | None = None
@@ -32,6 +39,9 @@ class RunRecord:
     action: str
     loose: int = 0
     scans: dict[str, ScanCursor] = field(default_factory=dict)
+    partial: dict[str, Any] | None = None
+    """In a rollback record of a migration whose `up` never finished: how far `up` got
+    (what `ctx.partial` gives `down`), carried over from the apply record it replaced."""
 
     @property
     def key(self) -> bytes:
@@ -66,20 +76,37 @@ def encode_key(key: Any) -> Any:
         return {"b": base64.b64encode(key).decode()}
     if isinstance(key, str):
         return {"s": key}
-    if isinstance(key, int) and not isinstance(key, bool):
+    if isinstance(key, bool):
+        return {"t": key}
+    if isinstance(key, int):
         return {"i": key}
-    raise TypeError(f"scan keys must be bytes, str or int, not {type(key).__name__}")
+    if isinstance(key, float):
+        return {"f": key.hex()}
+    raise UsageError(
+        f"a scan reached a key of type {type(key).__name__} ({key!r:.60}); a resumable scan "
+        "can record its position only at bytes, str, int, float or bool keys.",
+        hint="Bound the scan (prefix=, or start=/end=) to keys of those types.",
+    )
 
 
 def decode_key(data: Any) -> Any:
     """Return the key that `encode_key` encoded."""
     if data is None:
         return None
-    if "b" in data:
-        return base64.b64decode(data["b"])
-    if "s" in data:
-        return str(data["s"])
-    return int(data["i"])
+    if not isinstance(data, dict) or len(data) != 1:
+        raise TypeError(f"a key must be an object with one field, found {data!r:.60}")
+    ((kind, value),) = data.items()
+    if kind == "b" and isinstance(value, str):
+        return base64.b64decode(value, validate=True)
+    if kind == "s" and isinstance(value, str):
+        return value
+    if kind == "i" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "f" and isinstance(value, str):
+        return float.fromhex(value)
+    if kind == "t" and isinstance(value, bool):
+        return value
+    raise TypeError(f"unknown key encoding {data!r:.60}")
 
 
 def show_key(key: Any) -> str:
@@ -101,7 +128,7 @@ def encode_record(record: RunRecord) -> dict[str, Any]:
             name: {
                 "start": encode_key(c.start),
                 "end": encode_key(c.end),
-                "view": c.view,
+                "token": c.token,
                 "after": encode_key(c.after),
                 "count": c.count,
                 "total": c.total,
@@ -109,30 +136,73 @@ def encode_record(record: RunRecord) -> dict[str, Any]:
             }
             for name, c in record.scans.items()
         },
+        "partial": None
+        if record.partial is None
+        else {name: encode_key(key) for name, key in record.partial.items()},
     }
 
 
 def decode_record(data: Any) -> RunRecord:
-    """Return the RunRecord in its JSON form; raise CorruptStateError if malformed."""
+    """Return the RunRecord in its JSON form; raise CorruptStateError if malformed.
+
+    Everything is checked (types, ids, scan names, tokens): the record comes from disk,
+    and the names in it become paths.
+    """
     try:
-        scans = {
-            name: ScanCursor(
-                name=name,
-                start=decode_key(c["start"]),
-                end=decode_key(c["end"]),
-                view=str(c["view"]),
-                after=decode_key(c["after"]),
-                count=int(c["count"]),
-                total=None if c["total"] is None else int(c["total"]),
-                done=bool(c["done"]),
-            )
-            for name, c in data["scans"].items()
-        }
+        migration_id = _text(data["migration_id"])
+        parse_id(migration_id)
+        action = _text(data["action"])
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r:.40}")
+        scans = {_scan_name(name): _decode_cursor(name, c) for name, c in data["scans"].items()}
+        partial = data.get("partial")
         return RunRecord(
-            migration_id=str(data["migration_id"]),
-            action=str(data["action"]),
-            loose=int(data["loose"]),
+            migration_id=migration_id,
+            action=action,
+            loose=_count(data["loose"]),
             scans=scans,
+            partial=None
+            if partial is None
+            else {_scan_name(name): decode_key(key) for name, key in partial.items()},
         )
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CorruptStateError("cursor", f"{type(exc).__name__}: {exc}") from None
+    except (AttributeError, KeyError, TypeError, ValueError, MigrateError) as exc:
+        detail = exc.message if isinstance(exc, MigrateError) else f"{type(exc).__name__}: {exc}"
+        raise CorruptStateError("cursor", detail) from None
+
+
+def _decode_cursor(name: str, c: Any) -> ScanCursor:
+    token = c.get("token")
+    if token is not None and (not isinstance(token, str) or not _TOKEN.match(token)):
+        raise ValueError(f"scan {name!r:.40} has a malformed view token")
+    total = c["total"]
+    done = c["done"]
+    if not isinstance(done, bool):
+        raise TypeError(f"scan {name!r:.40}: done must be true or false")
+    return ScanCursor(
+        name=name,
+        start=decode_key(c["start"]),
+        end=decode_key(c["end"]),
+        token=token,
+        after=decode_key(c["after"]),
+        count=_count(c["count"]),
+        total=None if total is None else _count(total),
+        done=done,
+    )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r:.40}")
+    return value
+
+
+def _scan_name(name: Any) -> str:
+    if not isinstance(name, str) or not SCAN_NAME.match(name):
+        raise ValueError(f"malformed scan name {name!r:.40}")
+    return name
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise TypeError(f"expected a count, found {value!r:.40}")
+    return value

@@ -305,12 +305,29 @@ class ValidationFailed(MigrateError):
     expected = True
     exit_code = EXIT_VALIDATION_FAILED
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    def __init__(
+        self,
+        problems: Sequence[str],
+        *,
+        migration_id: str | None = None,
+        cli: str = "pebble-migrate",
+    ) -> None:
         self.problems = tuple(problems)
+        self.migration_id = migration_id
+        listing = f"{len(self.problems)} problem(s): " + "; ".join(self.problems)
+        if migration_id is None:
+            super().__init__(
+                f"validation found {listing}",
+                hint=f"See `{cli} validate --verbose`; to undo the last migration, "
+                f"run `{cli} down VERSION`.",
+            )
+            return
         super().__init__(
-            f"validation found {len(self.problems)} problem(s): " + "; ".join(self.problems),
-            hint="See `pebble-migrate validate --verbose`; to undo the last migration, "
-            "run `pebble-migrate down VERSION`.",
+            f"its validate() found {listing}",
+            hint=f"The status is now `dirty`, with the data as up() wrote it. Roll it back with "
+            f"`{cli} down VERSION`; or, if the check itself was wrong, fix it and run "
+            f"`{cli} force-clean` then `{cli} up` (up's work is not done again, the check is); "
+            f"`{cli} up --no-validate` skips the check.",
         )
 
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 import rocksdict
 
 from pebble_migrate import store, views
-from pebble_migrate.context import ChunkPolicy, MigrationContext
-from pebble_migrate.cursor import RunRecord, decode_record, record_key
+from pebble_migrate.context import ChunkPolicy, MigrationContext, validation_problems
+from pebble_migrate.cursor import RunRecord, decode_record, encode_record, record_key
 from pebble_migrate.errors import (
     MigrateError,
     MigrationFailed,
     MigrationInterrupted,
-    NotCleanError,
+    StateError,
+    UsageError,
+    ValidationFailed,
     release_frames,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
@@ -126,22 +130,26 @@ class Executor:
     def __init__(
         self,
         db: rocksdict.Rdict,
+        db_path: Path,
         *,
         reporter: Reporter = null_reporter,
         logger: logging.Logger | None = None,
         policy: ChunkPolicy | None = None,
         handle_signals: bool = True,
         cli_name: str = "pebble-migrate",
+        validate: bool = True,
     ) -> None:
         self.db = db
-        self.db_path = str(db.path())
-        self.states = StateStore(db, self.db_path)
-        self.reporter = reporter
+        self.db_path = db_path
+        self.states = StateStore(db, str(db_path))
         self.logger = logger or log
+        self.reporter = _SideChannel(reporter, self.logger)
         self.policy = policy or ChunkPolicy()
         self.cli_name = cli_name
+        self.validate = validate
         self.guard = SignalGuard(handle_signals)
         self.state: State = self.states.read()
+        self.database_id = self.state.database_id
         self._step: Step | None = None
         self._plan: Plan | None = None
         self.unrecorded: tuple[State, HistoryRecord] | None = None
@@ -189,8 +197,25 @@ class Executor:
 
     # --- running ------------------------------------------------------------------
 
+    def check_views(self, plan: Plan) -> None:
+        """Raise ViewMissing, before anything runs, if a scan that a step of `plan` would
+        resume has lost its frozen view (or holds another run's)."""
+        records = run_records(self.states)
+        for step in plan.steps:
+            action = "apply" if step.action == "apply" else "rollback"
+            record = records.get((step.id, action))
+            for cursor in (c for c in record.scans.values() if not c.done) if record else ():
+                view, _ = views.open_view(
+                    self.db_path, step.id, action, cursor.name, cursor.token, self.database_id
+                )
+                view.close()
+
     def run(self, plan: Plan) -> RunReport:
-        """Run every step of `plan` in order; raise on the first failure or a signal."""
+        """Run every step of `plan` in order; raise on the first failure or a signal.
+
+        A signal that arrives after the last step's final check still ends the run as
+        interrupted (after that step is recorded): the caller must hear of it.
+        """
         report = RunReport(plan, from_version=self.state.current_version)
         views.sweep(self.db_path, {mid for mid, _ in run_records(self.states)})
         self._plan = plan
@@ -200,6 +225,8 @@ class Executor:
                     if self.interrupted():
                         raise self._stopped_between(plan, index)
                     report.steps.append(self._run_step(step))
+                if self.interrupted():
+                    raise self._stopped_between(plan, len(plan.steps))
             except HardStop as exc:
                 # A second signal can land anywhere, also outside the migration's code
                 # (while recording an interruption, say): it always ends the run the same way.
@@ -210,38 +237,15 @@ class Executor:
     def _run_step(self, step: Step) -> StepResult:
         self._step = step
         action = "apply" if step.action == "apply" else "rollback"
-        records = run_records(self.states)
-        record = records.get((step.id, action))
-        resumed = record.describe() if record is not None else None
+        record = run_records(self.states).get((step.id, action))
+        resumed = record.describe() if record is not None and record.scans else None
         clock = _Clock()
-        self._begin(step, resumed)
-        ctx = MigrationContext(
-            self.db,
-            step.migration,
-            run=self,
-            record=record or RunRecord(step.id, action),
-            logger=self.logger,
-        )
-        if step.action == "rollback" and (step.id, "apply") in records:
-            ctx.partial = records[(step.id, "apply")].reached()
-        fn = step.migration.up if step.action == "apply" else step.migration.down
-        assert fn is not None
+        record = self._begin(step, record, resumed)
+        ctx = MigrationContext(self.db, step.migration, run=self, record=record, logger=self.logger)
+        if step.action == "rollback":
+            ctx.partial = record.partial
         try:
-            try:
-                fn(ctx)
-            except MigrationInterrupted as exc:
-                self._interrupted(step, clock, exc.note or exc.message)
-                raise
-            except HardStop:
-                raise
-            except (KeyboardInterrupt, SystemExit) as exc:
-                self._interrupted(step, clock, f"stopped by {type(exc).__name__}")
-                raise
-            except Exception as exc:  # noqa: BLE001 - a migration may raise anything
-                details = traceback.format_exc()
-                release_frames(exc)  # the migration's frames may hold iterators of the db
-                ctx.release()  # close its scans before recording the failure
-                raise self._failed(step, clock, exc, details) from None
+            self._call(step, ctx, clock)
             self._finish(step, ctx, clock)
         finally:
             ctx.release()
@@ -252,6 +256,35 @@ class Executor:
             Event("step_done", f"{verb} {step.id} in {took:.2f}s", step.id, {"kind": step.kind})
         )
         return StepResult(step.id, step.action, step.kind, took, resumed)
+
+    def _call(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
+        """Run the migration's function; record and raise anything but a finished run.
+
+        Finished means: the function returned normally (not a coroutine or generator),
+        no stop, corruption or storage error was raised inside it (caught or not), and
+        every scan it opened reached its end or was left with `break`.
+        """
+        fn = step.migration.up if step.action == "apply" else step.migration.down
+        assert fn is not None
+        try:
+            returned = fn(ctx)
+            _refuse_unrun(step, returned)
+            ctx.check_finished()
+            if self.guard.second:
+                raise HardStop(self.guard.second)
+        except MigrationInterrupted as exc:
+            self._interrupted(step, clock, exc.note or exc.message)
+            raise
+        except HardStop:
+            raise
+        except KeyboardInterrupt:
+            self._interrupted(step, clock, "stopped by KeyboardInterrupt")
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a migration may raise anything
+            details = traceback.format_exc()
+            release_frames(exc)  # the migration's frames may hold iterators of the db
+            ctx.release()  # close its scans before recording the failure
+            raise self._failed(step, clock, _as_failure(exc), details) from None
 
     def _history(
         self,
@@ -275,7 +308,13 @@ class Executor:
             note=note,
         )
 
-    def _begin(self, step: Step, resumed: str | None) -> None:
+    def _begin(self, step: Step, record: RunRecord | None, resumed: str | None) -> RunRecord:
+        """Record that the step runs; return the run record it continues (or a new one).
+
+        A rollback of a migration whose `up` left committed chunks takes that apply
+        record's place in the same batch, carrying how far `up` got: from then on only
+        the rollback can continue, so no later `up` can resume from a stale position.
+        """
         status = Status.MIGRATING if step.action == "apply" else Status.ROLLBACK
         progress = self.state.in_progress
         if resumed is not None:
@@ -288,35 +327,56 @@ class Executor:
         self.reporter(
             Event("step_start", f"{verb} {step.id}: {step.migration.description}", step.id)
         )
-        self.state = self.states.write_state(
-            self.state.evolve(
-                status=status,
-                in_progress=InProgress(step.id, step.kind, utc_now(), resumable=True),
-                last_error=None,
-            )
-        )
-
-    def _finish(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
-        """Commit the migration's last writes with the state that records it, atomically."""
-        now = utc_now()
-        applied = set(self.state.applied)
-        applied_at = dict(self.state.applied_at)
-        if step.action == "apply":
-            applied.add(step.id)
-            applied_at[step.id] = now
-        else:
-            applied.discard(step.id)
-            applied_at.pop(step.id, None)
         state = self.state.evolve(
-            status=Status.CLEAN,
-            in_progress=None,
-            applied=frozenset(applied),
-            applied_at=applied_at,
-            current_version=version_of(applied),
-            last_migration=step.id,
-            last_migration_at=now,
+            status=status,
+            in_progress=InProgress(step.id, step.kind, utc_now(), resumable=True),
             last_error=None,
         )
+        batch = self.states.batch()
+        try:
+            if record is None:
+                record = self._take_over(step, batch)
+            self.states.stage_state(batch, state)
+            kill_point("step-begin")
+            self.states.commit(batch)
+        finally:
+            del batch
+        self.state = state
+        return record
+
+    def _take_over(self, step: Step, batch: rocksdict.WriteBatch) -> RunRecord:
+        """Return the new run record of a step, staging the hand-over from the opposite one."""
+        if step.action == "apply":
+            if (step.id, "rollback") in run_records(self.states):
+                raise StateError(
+                    f"{step.id} is half rolled back; it cannot be applied until the rollback "
+                    "is finished.",
+                    hint=f"Run `{self.cli_name} down VERSION` below {step.id}.",
+                )
+            return RunRecord(step.id, "apply")
+        applied = run_records(self.states).get((step.id, "apply"))
+        record = RunRecord(step.id, "rollback")
+        if applied is not None:
+            record.partial = applied.reached()
+            self.states.stage_put(batch, record.key, encode_record(record))
+            self.states.stage_delete(batch, applied.key)
+        return record
+
+    def _finish(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
+        """Commit the migration's last writes with the state that records it, atomically.
+
+        With a `validate`, an applied migration's last writes are committed first (with its
+        finished cursor), then `validate` checks the data, and only then is it recorded
+        applied; a failed check leaves it dirty with the data as written.
+        """
+        if step.action == "apply" and self.validate and step.migration.validate is not None:
+            ctx.commit_work()
+            kill_point("final-before-validate")
+            problems = validation_problems(self.db, step.migration)
+            if problems:
+                failed = ValidationFailed(problems, migration_id=step.id, cli=self.cli_name)
+                raise self._failed(step, clock, failed, "")
+        state = self._finished_state(step)
         note = "wrote outside ctx" if ctx.wrote_directly else None
         batch = ctx.take_batch()
         try:
@@ -326,12 +386,35 @@ class Executor:
             self.states.stage_state(batch, state)
             for action in ("apply", "rollback"):
                 self.states.stage_delete(batch, record_key(step.id, action))
+            for key in self.states.keys(views.VIEW_PREFIX + f"{step.id}/".encode()):
+                self.states.stage_delete(batch, key)
             kill_point("final-before-commit")
             self.states.commit(batch, needed=2 * batch.size_in_bytes())
             kill_point("final-after-commit")
         finally:
             del batch
         self.state = state
+
+    def _finished_state(self, step: Step) -> State:
+        now = utc_now()
+        applied = set(self.state.applied)
+        applied_at = dict(self.state.applied_at)
+        if step.action == "apply":
+            applied.add(step.id)
+            applied_at[step.id] = now
+        else:
+            applied.discard(step.id)
+            applied_at.pop(step.id, None)
+        return self.state.evolve(
+            status=Status.CLEAN,
+            in_progress=None,
+            applied=frozenset(applied),
+            applied_at=applied_at,
+            current_version=version_of(applied),
+            last_migration=step.id,
+            last_migration_at=now,
+            last_error=None,
+        )
 
     def _failed(self, step: Step, clock: _Clock, exc: Exception, details: str) -> MigrateError:
         error = exc.message if isinstance(exc, MigrateError) else f"{type(exc).__name__}: {exc}"
@@ -353,7 +436,9 @@ class Executor:
         else:
             self.reporter(Event("step_failed", f"{step.id} failed: {error}", step.id))
             hint = self._failure_hint(step)
-            if isinstance(exc, MigrateError) and exc.hint:
+            if isinstance(exc, ValidationFailed):
+                hint = exc.hint or hint
+            elif isinstance(exc, MigrateError) and exc.hint:
                 hint = f"{exc.hint}\n{hint}"
         failed = MigrationFailed(step.id, error, hint=hint, details=details)
         failed.cause = exc
@@ -377,11 +462,20 @@ class Executor:
         )
 
     def _stopped_between(self, plan: Plan, index: int) -> MigrateError:
+        signum = self.interrupted()
+        name = signal.Signals(signum).name
         left = plan.ids[index:]
+        if not left:
+            return MigrationInterrupted(
+                f"{name} received as the last step finished; every step of the "
+                f"{plan.command} was recorded ({', '.join(plan.ids)})",
+                signum=signum,
+                hint="The database is clean; nothing is left to run.",
+            )
         done = f"after {plan.ids[index - 1]}" if index else "before the first step"
         return MigrationInterrupted(
             f"stopped {done}; {len(left)} step(s) not run: {', '.join(left)}",
-            signum=self.interrupted(),
+            signum=signum,
             hint=f"The database is clean. Run `{self.cli_name} {plan.command}` again to continue.",
         )
 
@@ -398,8 +492,8 @@ class Executor:
         return (
             f"The status stays `migrating`, and {step.id} wrote outside ctx, so it cannot "
             f"resume by itself. See `{cli} status --verbose`, then `{cli} force-clean` and "
-            f"`{cli} up` if it is safe to run again, or restore a backup "
-            f"(`{cli} backup list`)."
+            f"`{cli} up` if it is safe to run again (mark it `rerunnable = True` if it always "
+            f"is), or restore a backup (`{cli} backup list`)."
         )
 
     def failure_hint_for(self, states: StateStore) -> str:
@@ -411,6 +505,12 @@ class Executor:
         cli = self.cli_name
         records = run_records(states or self.states)
         record = records.get((step.id, "apply" if step.action == "apply" else "rollback"))
+        if step.action == "rollback":
+            return (
+                "The status is now `dirty`; the failed chunk was discarded. Fix the cause, then "
+                f"run `{cli} down` with the same version to continue the rollback; or restore a "
+                f"backup (`{cli} backup list`)."
+            )
         kept = ""
         if record is not None and record.scans:
             kept = (
@@ -424,61 +524,54 @@ class Executor:
         )
 
 
-def interrupted_rerun(state: State) -> str | None:
-    """Return the id of an applied migration whose rerun stopped in its apply phase."""
-    progress = state.in_progress
-    if state.status is Status.MIGRATING and progress and progress.id in state.applied:
-        return progress.id
-    return None
+class _SideChannel:
+    """A reporter that cannot fail the migration: the first error it raises (a closed pipe,
+    a full terminal, a bug in a progress callback) is logged and reporting stops."""
 
+    def __init__(self, reporter: Reporter, logger: logging.Logger) -> None:
+        self._reporter: Reporter | None = reporter
+        self._logger = logger
 
-def require_clean(state: State, migrations: dict[str, Migration], command: str, cli: str) -> None:
-    """Raise NotCleanError unless `command` may run in this state.
-
-    A `migrating` status is accepted by up when the interrupted migration can continue by
-    itself: it is rerunnable, or it wrote only through ctx (resumable). `down` is accepted
-    from `dirty` (rolling back to the previous version is one of the ways out of a failure)
-    and from an interrupted `rollback` it can resume. Otherwise the operator decides.
-    """
-    if state.status is Status.CLEAN:
-        return
-    progress = state.in_progress
-    mid = progress.id if progress else "an unknown migration"
-    migration = migrations.get(progress.id) if progress else None
-    resumable = migration is not None and progress is not None and progress.resumable
-    if state.status in (Status.MIGRATING, Status.ROLLBACK) and command == "rerun" and resumable:
-        return  # the rerun of this very migration goes on (checked against the plan)
-    if state.status is Status.MIGRATING and command in ("up", "startup"):
-        if (
-            migration is not None
-            and progress is not None
-            and (progress.resumable or migration.rerunnable)
-        ):
+    def __call__(self, event: Event) -> None:
+        if self._reporter is None:
             return
-        raise NotCleanError(
-            f"migration {mid} was interrupted and cannot safely continue by itself "
-            + ("(its code is missing)." if migration is None else "(it wrote outside ctx)."),
-            hint=_recovery_options(cli),
-        )
-    if state.status is Status.ROLLBACK and command == "down" and resumable:
-        return
-    if state.status is Status.DIRTY and command == "down":
-        return
-    if state.status is Status.DIRTY:
-        raise NotCleanError(
-            f"the database is dirty: migration {mid} failed: {state.last_error}",
-            hint=_recovery_options(cli),
-        )
-    raise NotCleanError(
-        f"the database status is {state.status.value} (migration {mid}); "
-        f"`{command}` needs it clean.",
-        hint=_recovery_options(cli),
-    )
+        try:
+            self._reporter(event)
+        except Exception as exc:  # noqa: BLE001 - output must never decide the data's fate
+            self._reporter = None
+            self._logger.warning(
+                "progress reporting stopped (%s: %s); the migration goes on",
+                type(exc).__name__,
+                exc,
+            )
 
 
-def _recovery_options(cli: str) -> str:
-    return (
-        f"Check with `{cli} status --verbose` and `{cli} validate`. If the migration is safe "
-        f"to run again: `{cli} force-clean`, then `{cli} up`. Or restore a backup: "
-        f"`{cli} backup list`, then `{cli} backup restore ID --force`."
-    )
+def _refuse_unrun(step: Step, returned: object) -> None:
+    """Raise if `up`/`down` handed back work it never did (a coroutine, a generator)."""
+    if (
+        inspect.iscoroutine(returned)
+        or inspect.isgenerator(returned)
+        or inspect.isasyncgen(returned)
+    ):
+        kind = type(returned).__name__
+        close = getattr(returned, "close", None)
+        if callable(close):
+            close()  # no "never awaited" warning: we say it ourselves
+        raise UsageError(
+            f"{step.id} returned a {kind} instead of running: `async def` and functions "
+            "containing `yield` are not run by pebble-migrate.",
+            hint="Make the migration's functions plain `def` functions.",
+        )
+
+
+def _as_failure(exc: BaseException) -> Exception:
+    """Return the error to record for what a migration raised (SystemExit and other
+    BaseExceptions are failures, never a clean exit)."""
+    if isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, SystemExit):
+        return UsageError(
+            f"the migration called sys.exit({exc.code!r}); its work is not finished.",
+            hint="A migration must return (or raise) instead of exiting the process.",
+        )
+    return UsageError(f"the migration raised {type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -76,11 +77,19 @@ class Migration:
         object.__setattr__(self, "dependencies", _as_ids(self.id, self.dependencies))
         if not callable(self.up):
             raise InvalidMigrationId(self.id, "`up` must be a function taking ctx", self.source)
-        for name in ("down", "validate"):
+        for name in ("up", "down", "validate"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
                 raise InvalidMigrationId(
                     self.id, f"`{name}` must be a function or None", self.source
+                )
+            kind = _not_run_by_calling(fn)
+            if kind:
+                raise InvalidMigrationId(
+                    self.id,
+                    f"`{name}` is {kind}, which does nothing until awaited or iterated; "
+                    "migration functions must be plain `def` functions",
+                    self.source,
                 )
         if not self.description:
             object.__setattr__(self, "description", self.id.split("_", 1)[1].replace("_", " "))
@@ -89,6 +98,19 @@ class Migration:
     def reversible(self) -> bool:
         """Whether the migration can be rolled back."""
         return self.down is not None
+
+
+def _not_run_by_calling(fn: Any) -> str | None:
+    """Return what kind of function `fn` is if calling it would not run its body."""
+    if fn is None:
+        return None
+    if inspect.iscoroutinefunction(fn):
+        return "an `async def` coroutine function"
+    if inspect.isasyncgenfunction(fn):
+        return "an async generator function"
+    if inspect.isgeneratorfunction(fn):
+        return "a generator function (it contains `yield`)"
+    return None
 
 
 def _as_ids(owner: str, deps: Iterable[str] | str) -> tuple[str, ...]:

@@ -203,15 +203,31 @@ def plan_down(
     return Plan("down", steps, version_of(applied), version_of(remaining))
 
 
+def find(migrations: Sequence[Migration], migration_id: str) -> Migration:
+    """Return the migration a user named by id or version; raise UnknownTarget."""
+    text = migration_id.strip()
+    for m in migrations:
+        if text in (m.id, str(m.version)):
+            return m
+    raise UnknownTarget(migration_id, [m.id for m in order(migrations)])
+
+
+def applied_after(
+    migrations: Sequence[Migration], applied: Collection[str], migration_id: str
+) -> list[str]:
+    """Return the applied migrations that come after `migration_id` in the order `up`
+    runs them (a rerun of it would rebuild its output under their feet)."""
+    ids = [m.id for m in order(migrations)]
+    if migration_id not in ids:
+        return []
+    return [mid for mid in ids[ids.index(migration_id) + 1 :] if mid in applied]
+
+
 def plan_rerun(
     migrations: Sequence[Migration], applied: Collection[str], migration_id: str
 ) -> Plan:
     """Return the steps that roll a migration back and apply it again."""
-    migration_id = migration_id.strip()
-    match = [m for m in migrations if migration_id in (m.id, str(m.version))]
-    if not match:
-        raise UnknownTarget(migration_id, [m.id for m in order(migrations)])
-    m = match[0]
+    m = find(migrations, migration_id)
     if m.id not in applied:
         raise PlanError(
             f"{m.id} is not applied, so there is nothing to rerun.",

@@ -45,6 +45,7 @@ from pebble_migrate.errors import (
     NotADatabase,
 )
 from pebble_migrate.faults import kill_point
+from pebble_migrate.paths import resolve_database
 from pebble_migrate.state import State, StateStore
 from pebble_migrate.units import utc_now
 
@@ -117,8 +118,9 @@ def restore_backup(
     free space. The replaced database is kept as `<target>.pre-restore-<time>` unless
     `discard_current`. A path that does not exist is restored into (emergency recovery).
     """
-    # Absolute, so the journal names real places whatever directory recovery runs from.
-    dest = Path(target).absolute()
+    # Resolved, so the journal names real places whatever directory recovery runs from, and
+    # a database reached through a symlink is replaced where it lives (the link stays).
+    dest = resolve_database(target)
     recovered = recover(dest)
     info = source if isinstance(source, BackupInfo) else resolve(source, dest, backup_dir)
     current = _inspect_target(dest)
@@ -437,7 +439,7 @@ def recover(dest: str | Path) -> str | None:
     Every command that opens `dest` may call it first. It refuses (BackupError) while the
     restore that wrote the journal is still running.
     """
-    dest = Path(dest).absolute()
+    dest = resolve_database(dest)
     journal = _journal_path(dest)
     message = None
     if journal.exists():

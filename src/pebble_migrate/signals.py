@@ -27,6 +27,7 @@ class SignalGuard:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.first = 0
+        self.second = 0
         self._previous: dict[int, Any] = {}
         self._saved: dict[int, Any] = {}
 
@@ -52,6 +53,7 @@ class SignalGuard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.first:
+            self.second = signum
             raise HardStop(signum)
         self.first = signum
         log.warning(

@@ -6,8 +6,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from pebble_migrate import store, views
+from pebble_migrate import store
 from pebble_migrate.errors import InsufficientSpace
+from pebble_migrate.paths import work_dir
 
 
 def check_space(db_path: Path, multiplier: float) -> None:
@@ -28,23 +29,34 @@ BALLAST_BYTES = 4 * 1024 * 1024
 
 
 class Ballast:
-    """A reserve file beside the database, given up when the disk fills mid-migration.
+    """A reserve file in the database's working directory, given up when the disk fills
+    mid-migration.
 
     RocksDB stops accepting writes on a handle after a write fails for lack of space; the
     ballast makes sure there is room to reopen the database and record the failure.
     """
 
     def __init__(self, db_path: Path, size: int = BALLAST_BYTES) -> None:
-        self.path = views.work_dir(db_path) / "ballast"
+        self.db_path = db_path
+        self.path = work_dir(db_path) / "ballast"
         self.size = size
 
     def ensure(self) -> None:
-        """Create the ballast if it is missing (best effort: a full disk is caught later)."""
-        if self.path.exists():
+        """Create the ballast if it is missing (best effort: a full disk is caught later).
+
+        Raise StateError, before anything is written, if the working directory is a
+        symlink: nothing of ours is written through a link out of the database.
+        """
+        from pebble_migrate.views import require_work_dir
+
+        try:
+            require_work_dir(self.db_path)
+        except OSError:
+            return
+        if os.path.lexists(self.path):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("wb") as handle:
+            with self.path.open("xb") as handle:
                 os.posix_fallocate(handle.fileno(), 0, self.size)
         except OSError:
             self.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,22 +12,18 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import restore, store
+from pebble_migrate import restore, store, transitions, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.errors import (
     MigrationInterrupted,
     NotCleanError,
     PendingMigrations,
+    UsageError,
     release_frames,
 )
 from pebble_migrate.events import log_reporter
-from pebble_migrate.executor import (
-    Executor,
-    RunReport,
-    initialize,
-    interrupted_rerun,
-    require_clean,
-)
+from pebble_migrate.executor import Executor, RunReport, initialize, run_records
+from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry, default_registry
 from pebble_migrate.space import check_space
 from pebble_migrate.state import State, StateStore, Status
@@ -50,6 +47,7 @@ class StartupOptions:
     backup_older_than: timedelta | None = None
     chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     handle_signals: bool = True
+    validate_after_apply: bool = True
 
 
 def default_startup_options() -> StartupOptions:
@@ -83,18 +81,28 @@ def _check_and_run(
     """Do the work of check_and_run_startup_migrations."""
     opts = opts or default_startup_options()
     reporter = log_reporter(opts.logger)
-    finished = restore.recover(Path(db_path))  # leftovers of a restore killed midway
+    path = _database_path(db, db_path)
+    finished = restore.recover(path)  # leftovers of a restore killed midway
     if finished:
         opts.logger.warning("%s", finished)
     migrations = opts.registry.ordered()
-    states = StateStore(db, str(db_path))
+    by_id = {m.id: m for m in migrations}
+    states = StateStore(db, str(path))
     try:
         state = states.read()
-        if not state.initialized and store.is_empty(db, str(db_path)):
+        if not state.initialized and store.is_empty(db, str(path)):
             initialize(states, migrations, reporter)  # stamped: nothing to run
             return None
-        require_clean(state, {m.id: m for m in migrations}, "startup", opts.cli_name)
-        plan = planner.plan_up(migrations, state.applied, rerun=interrupted_rerun(state))
+        reading = transitions.read(state, run_records(states), by_id)
+        transitions.decide(reading, "startup", opts.cli_name)
+        plan = planner.plan_up(
+            migrations, state.applied, rerun=transitions.rerun_to_finish(reading, state)
+        )
+        if transitions.half_done(reading) is not None and reading.migration_id not in plan.ids:
+            raise NotCleanError(
+                f"{reading.describe()}; no migration here would finish it.",
+                hint=f"See `{opts.cli_name} status --verbose`.",
+            )
         if not plan and state.status is not Status.CLEAN:
             raise NotCleanError(
                 f"the database status is {state.status.value}, and no migration here would "
@@ -108,26 +116,55 @@ def _check_and_run(
         if not opts.run_migrations:
             raise PendingMigrations(plan.ids, opts.cli_name)
         if opts.check_disk_space:
-            check_space(Path(db_path), opts.database_size_multiplier)
+            check_space(path, opts.database_size_multiplier)
         state = initialize(states, migrations, reporter)
-        if opts.backup_enabled:
-            _backup(db, db_path, state, plan, opts)
     finally:
         states.release()
         del states
-    return _run(db, plan, opts)
+    return _run(db, path, plan, state, opts)
 
 
-def _run(db: rocksdict.Rdict, plan: planner.Plan, opts: StartupOptions) -> RunReport:
+def _database_path(db: rocksdict.Rdict, db_path: str | Path) -> Path:
+    """Return the resolved database path, refusing a path that is not the open database's."""
+    path = resolve_database(db_path)
+    opened = Path(str(db.path()))
+    try:
+        same = opened.exists() and path.exists() and os.path.samefile(opened, path)
+    except OSError:
+        same = False
+    if opened.exists() and path.exists() and not same:
+        raise UsageError(
+            f"db_path {db_path} is not the directory of the open database ({opened}).",
+            hint="Pass the path the database was opened with.",
+        )
+    return path
+
+
+def _run(
+    db: rocksdict.Rdict, path: Path, plan: planner.Plan, state: State, opts: StartupOptions
+) -> RunReport:
     executor = Executor(
         db,
+        path,
         reporter=log_reporter(opts.logger),
         logger=opts.logger,
         policy=opts.chunk_policy,
         handle_signals=opts.handle_signals,
         cli_name=opts.cli_name,
+        validate=opts.validate_after_apply,
     )
     try:
+        try:
+            executor.check_views(plan)
+        except views.ViewMissing as exc:
+            from pebble_migrate.backup import resume_impossible_hint
+
+            exc.hint = resume_impossible_hint(
+                path, opts.backup_dir, exc.migration_id, opts.cli_name
+            )
+            raise
+        if opts.backup_enabled:
+            _backup(db, path, state, plan, opts)
         return executor.run(plan)
     except MigrationInterrupted as exc:
         executor.release()
@@ -138,12 +175,20 @@ def _run(db: rocksdict.Rdict, plan: planner.Plan, opts: StartupOptions) -> RunRe
 
 
 def _redeliver(signum: int, executor: Executor) -> None:
-    """Hand the signal to the application's own handler, now that the data is safe."""
+    """Hand the signal to the application's own handler, once, now that the data is safe.
+
+    A Python handler is called directly rather than by raising the signal again: the
+    signal already reached any wakeup fd (asyncio's `add_signal_handler` listens there)
+    when it first arrived, and raising it again would deliver it there twice.
+    """
     previous = executor.guard.previous_handler(signum)
     executor.guard.restore()
     if previous is None or previous is signal.SIG_IGN:
         return
-    signal.raise_signal(signum)
+    if previous is signal.SIG_DFL:
+        signal.raise_signal(signum)  # the default action: SIGTERM ends the process
+        return
+    previous(signum, None)
 
 
 def _backup(

@@ -232,6 +232,18 @@ class StateStore:
         """Add the write of a JSON record under `key` in the state family to `batch`."""
         batch.put(key, _dumps(value), self.handle())
 
+    def stage_raw(self, batch: rocksdict.WriteBatch, key: bytes, value: bytes) -> None:
+        """Add the write of raw bytes under `key` in the state family to `batch`."""
+        batch.put(key, value, self.handle())
+
+    def keys(self, prefix: bytes) -> list[bytes]:
+        """Return the keys stored under `prefix` (values unread)."""
+        cf = self._column()
+        if cf is None:
+            return []
+        end = store.successor(prefix)
+        return [key for key, _ in store.checked_items(cf, self.where, start=prefix, end=end)]
+
     def stage_delete(self, batch: rocksdict.WriteBatch, key: bytes) -> None:
         """Add the removal of `key` from the state family to `batch`."""
         batch.delete(key, self.handle())

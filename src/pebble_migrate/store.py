@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,18 @@ def free_space(path: Path) -> int | None:
 
 
 def directory_size(path: Path) -> int:
-    """Return the total size in bytes of the regular files under `path`."""
+    """Return the total size in bytes of the regular files under `path`, each inode once
+    (the scans' frozen views hard-link the database's own table files)."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for item in path.rglob("*"):
         try:
-            if item.is_file() and not item.is_symlink():
-                total += item.stat().st_size
+            st = item.lstat()
         except OSError:
             continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
     return total
 
 

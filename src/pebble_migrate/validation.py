@@ -9,9 +9,8 @@ import rocksdict
 
 from pebble_migrate import plan as planner
 from pebble_migrate.commands import opened
-from pebble_migrate.context import MigrationContext
+from pebble_migrate.context import validation_problems
 from pebble_migrate.cursor import RunRecord
-from pebble_migrate.errors import MigrateError
 from pebble_migrate.executor import run_records
 from pebble_migrate.migration import Migration
 from pebble_migrate.registry import Registry
@@ -125,19 +124,5 @@ def _state_checks(
 
 
 def _run_validate(db: rocksdict.Rdict, migration: Migration) -> Check:
-    ctx = MigrationContext(db, migration, run=None)
-    name = f"validate {migration.id}"
-    try:
-        assert migration.validate is not None
-        result = migration.validate(ctx)
-    except MigrateError as exc:
-        return Check(name, False, exc.message)
-    except Exception as exc:  # noqa: BLE001 - user code may raise anything
-        return Check(name, False, f"{type(exc).__name__}: {exc}")
-    finally:
-        ctx.release()
-    if result is False:
-        return Check(name, False, "validate() returned False")
-    if isinstance(result, list | tuple) and result:
-        return Check(name, False, "; ".join(str(p) for p in result))
-    return Check(name, True, "ok")
+    problems = validation_problems(db, migration)
+    return Check(f"validate {migration.id}", not problems, "; ".join(problems) or "ok")

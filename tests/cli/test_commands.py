@@ -69,7 +69,7 @@ def test_options_before_or_after_the_command(invoke: Invoke, project: Path) -> N
 
 def test_database_from_environment_and_pyproject(invoke: Invoke, project: Path) -> None:
     result = invoke("status", "--json", env={"PEBBLE_MIGRATE_DATABASE": "db"})
-    assert json.loads(result.stdout)["database"] == "db"
+    assert json.loads(result.stdout)["database"] == str(project.resolve() / "db")
     (project / "pyproject.toml").write_text(
         '[tool.pebble-migrate]\ndatabase = "db"\nmigrations = "migrations"\n'
     )
@@ -309,7 +309,8 @@ def test_maintenance_commands_honour_dry_run(invoke: Invoke, project: Path) -> N
         "dry_run": True,
     }
     result = invoke("backup", "create", "-d", "db", "--dry-run")
-    assert "Would back up db into db.backups" in result.stdout
+    where = project.resolve()
+    assert f"Would back up {where / 'db'} into {where / 'db.backups'}" in result.stdout
     assert snapshot(project / "db") == before
     backups_before = sorted(p.name for p in (project / "db.backups").iterdir())
     assert invoke("backup", "create", "-d", "db", "--dry-run").exit_code == 0

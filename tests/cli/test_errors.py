@@ -44,7 +44,7 @@ def test_missing_database_for_read_only_command_creates_nothing(
         result = invoke(*command, "-d", "nope")
         if command == ["backup", "list"]:
             continue  # listing backups of a missing database is simply empty
-        _fails(result, 1, "no database at nope", "-d/--database")
+        _fails(result, 1, f"no database at {project.resolve() / 'nope'}", "-d/--database")
     assert not (project / "nope").exists()
 
 
@@ -211,4 +211,4 @@ def test_json_errors_keep_stdout_machine_readable(invoke: Invoke, project: Path)
     result = invoke("status", "-d", "nope", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["error"]["type"] == "DatabaseNotFound"
-    assert "Error: no database at nope" in result.stderr
+    assert f"Error: no database at {project.resolve() / 'nope'}" in result.stderr

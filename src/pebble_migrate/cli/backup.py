@@ -26,6 +26,7 @@ from pebble_migrate.cli.options import (
 from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import UsageError
 from pebble_migrate.events import Event
+from pebble_migrate.paths import resolve_database
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import State
 from pebble_migrate.units import format_age, format_bytes, format_time, parse_age, utc_now
@@ -46,12 +47,13 @@ def create_cmd(description: str, compress: bool) -> None:
     s = settings()
     out = renderer(s)
     if s.dry_run:
-        store.check_database_dir(Path(s.database_path()))
-        where = backups.backup_dir_for(s.database_path(), s.backups())
+        database = resolve_database(s.database_path())
+        store.check_database_dir(database)
+        where = backups.backup_dir_for(database, s.backups())
         if out.json:
             out.emit(
                 {
-                    "would_back_up": s.database_path(),
+                    "would_back_up": str(database),
                     "backup_dir": str(where),
                     "compress": compress,
                     "dry_run": True,
@@ -59,7 +61,7 @@ def create_cmd(description: str, compress: bool) -> None:
             )
         else:
             out.say(
-                f"Would back up {escape(s.database_path())} into {escape(str(where))}"
+                f"Would back up {escape(str(database))} into {escape(str(where))}"
                 f"{' as one archive' if compress else ''}. Dry run: nothing was changed."
             )
         return
@@ -98,7 +100,7 @@ def list_cmd() -> None:
             format_age(now - b.created_at),
             str(b.version),
             format_bytes(b.size_bytes),
-            escape(b.description),
+            escape(b.description + "".join(f" (partly applied: {m})" for m in b.partial)),
         )
     out.out.print(table)
 

@@ -19,8 +19,10 @@ def renderer(s: Settings) -> Renderer:
     return Renderer(json_mode=s.json, verbose=s.verbose)
 
 
-def _registry_if_present(s: Settings) -> Registry | None:
-    if s.migrations is None and not Path(s.migrations_dir()).is_dir():
+def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:
+    """Return the migrations; None only when none were named, the default ./migrations
+    is absent, and the command can do without them."""
+    if not required and not s.migrations_configured() and not Path(s.migrations_dir()).is_dir():
         return None
     return s.registry()
 
@@ -41,7 +43,8 @@ def _registry_if_present(s: Settings) -> Registry | None:
 def status(check: bool, history_n: int) -> None:
     """Show the version, status, pending migrations and recent history."""
     s = settings()
-    registry = _registry_if_present(s)
+    # --check answers "is anything pending?", which needs the migrations.
+    registry = _registry_if_present(s, required=check)
     report = commands.status(s.database_path(), registry, history=history_n)
     out = renderer(s)
     out.status(report)

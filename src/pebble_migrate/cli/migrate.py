@@ -8,7 +8,14 @@ import rocksdict
 from pebble_migrate import commands
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
-from pebble_migrate.cli.options import Settings, confirmer, global_options, settings, yes_option
+from pebble_migrate.cli.options import (
+    F,
+    Settings,
+    confirmer,
+    global_options,
+    settings,
+    yes_option,
+)
 from pebble_migrate.cli.render import Renderer
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.plan import Plan
@@ -23,6 +30,7 @@ def _run_options(
     destructive: bool,
     backup: bool,
     policy: ChunkPolicy | None = None,
+    validate: bool = True,
 ) -> commands.RunOptions:
     if backup:
         from pebble_migrate.cli.backup import retention_setting
@@ -33,7 +41,27 @@ def _run_options(
         reporter=out.event,
         policy=policy or ChunkPolicy(),
         before_write=_backup_hook(s, out) if backup else None,
+        validate=validate,
+        backup_dir=s.backups(),
     )
+
+
+def chunk_options(fn: F) -> F:
+    """Add --chunk-records and --chunk-bytes (how often a scan commits)."""
+    fn = click.option(
+        "--chunk-bytes",
+        type=click.IntRange(min=1024),
+        default=4 * 1024 * 1024,
+        show_default=True,
+        help="...or every N bytes of writes, whichever comes first.",
+    )(fn)
+    return click.option(
+        "--chunk-records",
+        type=click.IntRange(min=1),
+        default=10_000,
+        show_default=True,
+        help="Commit a scan every N records...",
+    )(fn)
 
 
 def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
@@ -47,6 +75,8 @@ def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
 
 def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool) -> None:
     out.outcome(outcome, dry_run=dry_run)
+    if outcome.later and not out.json:
+        out.say(f"Later migrations stay applied: {', '.join(outcome.later)}.")
     steps = outcome.report is None and outcome.plan.steps
     if dry_run and backup and steps and not out.json:
         out.say("A backup would be taken first (--no-backup skips it).")
@@ -64,25 +94,18 @@ def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool)
 )
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
 @click.option(
-    "--chunk-records",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Commit a scan every N records...",
+    "--no-validate",
+    is_flag=True,
+    help="Do not run each migration's validate() before recording it applied.",
 )
-@click.option(
-    "--chunk-bytes",
-    type=click.IntRange(min=1024),
-    default=4 * 1024 * 1024,
-    show_default=True,
-    help="...or every N bytes of writes, whichever comes first.",
-)
+@chunk_options
 def up(
     version: str | None,
     yes: bool,
     create: bool,
     from_start: bool,
     no_backup: bool,
+    no_validate: bool,
     chunk_records: int,
     chunk_bytes: int,
 ) -> None:
@@ -101,6 +124,7 @@ def up(
         destructive=from_start,
         backup=not no_backup,
         policy=ChunkPolicy(chunk_records, chunk_bytes),
+        validate=not no_validate,
     )
     outcome = commands.up(
         s.database_path(),
@@ -119,11 +143,19 @@ def up(
 @click.argument("version")
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
-def down(version: str, yes: bool, no_backup: bool) -> None:
+@chunk_options
+def down(version: str, yes: bool, no_backup: bool, chunk_records: int, chunk_bytes: int) -> None:
     """Roll back every applied migration above VERSION (which stays applied); 0 = all."""
     s = settings()
     out = renderer(s)
-    opts = _run_options(s, out, yes, destructive=True, backup=not no_backup)
+    opts = _run_options(
+        s,
+        out,
+        yes,
+        destructive=True,
+        backup=not no_backup,
+        policy=ChunkPolicy(chunk_records, chunk_bytes),
+    )
     outcome = commands.down(
         s.database_path(), s.registry(), version, dry_run=s.dry_run, options=opts
     )
@@ -135,12 +167,46 @@ def down(version: str, yes: bool, no_backup: bool) -> None:
 @click.argument("migration_id", metavar="ID")
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
-def rerun(migration_id: str, yes: bool, no_backup: bool) -> None:
-    """Roll back migration ID and apply it again."""
+@click.option(
+    "--no-validate", is_flag=True, help="Do not run its validate() before recording it applied."
+)
+@click.option(
+    "--allow-later",
+    is_flag=True,
+    help="Rerun even though later migrations are applied (they may have used its output).",
+)
+@chunk_options
+def rerun(
+    migration_id: str,
+    yes: bool,
+    no_backup: bool,
+    no_validate: bool,
+    allow_later: bool,
+    chunk_records: int,
+    chunk_bytes: int,
+) -> None:
+    """Roll back migration ID and apply it again.
+
+    Refused while later migrations are applied, unless --allow-later: they may have read
+    or changed what ID wrote, and the rerun would rebuild it from the data as they left it.
+    """
     s = settings()
     out = renderer(s)
-    opts = _run_options(s, out, yes, destructive=True, backup=not no_backup)
+    opts = _run_options(
+        s,
+        out,
+        yes,
+        destructive=True,
+        backup=not no_backup,
+        validate=not no_validate,
+        policy=ChunkPolicy(chunk_records, chunk_bytes),
+    )
     outcome = commands.rerun(
-        s.database_path(), s.registry(), migration_id, dry_run=s.dry_run, options=opts
+        s.database_path(),
+        s.registry(),
+        migration_id,
+        dry_run=s.dry_run,
+        allow_later=allow_later,
+        options=opts,
     )
     _show(out, outcome, s.dry_run, not no_backup)

@@ -61,6 +61,11 @@ class Settings:
             or "migrations"
         )
 
+    def migrations_configured(self) -> bool:
+        """Whether the migrations directory was named (flag, environment or pyproject), as
+        opposed to the default ./migrations."""
+        return bool(self.migrations or os.environ.get(ENV_MIGRATIONS) or self.project.migrations)
+
     def registry(self) -> Registry:
         """Load and check the migrations."""
         registry = load_migrations(Path(self.migrations_dir()))

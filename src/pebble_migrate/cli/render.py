@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
 import time
 import traceback
@@ -31,6 +34,7 @@ from pebble_migrate.events import Event
 from pebble_migrate.maintenance import RepairReport
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import HistoryRecord, State, Status
+from pebble_migrate.transitions import TABLE, Situation
 from pebble_migrate.units import format_duration, format_time, version_time
 from pebble_migrate.validation import ValidationReport
 
@@ -61,8 +65,9 @@ class Renderer:
     def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
         self.json = json_mode
         self.verbose = verbose
-        self.out = _console(sys.stdout)
-        self.err = _console(sys.stderr)
+        self._stdout = Outlet(sys.stdout)
+        self.out = _console(self._stdout)
+        self.err = _console(Outlet(sys.stderr))
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._last_log: dict[str, float] = {}
@@ -72,8 +77,8 @@ class Renderer:
 
     def emit(self, obj: Any) -> None:
         """Write one JSON value (an object, or a list) as a line on stdout."""
-        sys.stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
-        sys.stdout.flush()
+        self._stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
+        self._stdout.flush()
 
     def say(self, text: str) -> None:
         """Tell the operator something: stdout for people, stderr in JSON mode."""
@@ -205,6 +210,10 @@ class Renderer:
             table.add_row(
                 "In progress", escape(f"{progress.id} ({progress.kind}, {resumable}{where})")
             )
+        reading = report.reading
+        if reading.situation is not Situation.CLEAN:
+            rule = TABLE[reading.situation]["up"]
+            table.add_row("Left halfway", escape(f"{reading.describe()} (up: {rule.text})"))
         if state.last_error:
             table.add_row("Last error", f"[red]{escape(state.last_error)}[/]")
         if self.verbose:
@@ -252,9 +261,12 @@ class Renderer:
             "history": report.history,
             "resume": report.interrupted.describe() if report.interrupted else None,
             "partial": {r.migration_id: r.describe() for r in report.partial},
+            "situation": report.reading.situation,
+            "left_halfway": report.reading.migration_id,
+            "up_would": TABLE[report.reading.situation]["up"].text,
         }
 
-    def plan(self, plan: Plan, *, dry_run: bool) -> None:
+    def plan(self, plan: Plan, *, dry_run: bool, later: Sequence[str] = ()) -> None:
         """Show the steps of a plan (the whole output of a dry run)."""
         if self.json:
             self.emit(
@@ -262,6 +274,7 @@ class Renderer:
                     "plan": {
                         "command": plan.command,
                         "dry_run": dry_run,
+                        "later_applied": list(later),
                         "from_version": plan.from_version,
                         "to_version": plan.to_version,
                         "steps": [
@@ -311,7 +324,7 @@ class Renderer:
             )
             return
         if report is None:
-            self.plan(outcome.plan, dry_run=dry_run)
+            self.plan(outcome.plan, dry_run=dry_run, later=outcome.later)
             return
         if self.json:
             self.emit(
@@ -423,6 +436,53 @@ class Renderer:
     def records(self, key: str, rows: Iterable[Any]) -> None:
         """Emit a list of records under `key` (JSON mode)."""
         self.emit({key: list(rows)})
+
+
+class Outlet:
+    """A text stream that goes quiet, instead of failing, once it cannot be written: the
+    reader of a pipe has gone (`| head -1`), the disk behind a redirect is full. Output is
+    a side channel; what the command did to the data decides its exit code.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.lost: OSError | None = None
+
+    def write(self, text: str) -> int:
+        """Write `text`, unless the stream has been lost."""
+        if self.lost is None:
+            try:
+                self._stream.write(text)
+            except OSError as exc:
+                self._lose(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush, unless the stream has been lost."""
+        if self.lost is None:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        self.lost = exc
+        # Point the descriptor at /dev/null, so the interpreter's own flush at exit does
+        # not fail on the same pipe (which would print a traceback and exit 120).
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal."""
+        try:
+            return bool(self._stream.isatty())
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _console(stream: Any) -> Console:
