@@ -7,8 +7,10 @@ from datetime import datetime
 from pathlib import Path
 
 from pebble_migrate import plan as planner
+from pebble_migrate import transitions
 from pebble_migrate.commands import Aborted, Confirm, always, opened
 from pebble_migrate.errors import UsageError
+from pebble_migrate.executor import run_records
 from pebble_migrate.migration import is_valid_name
 from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.units import utc_now
@@ -25,7 +27,9 @@ def force_clean(
     with opened(db_path, read_only=dry_run) as session:
         states = session.states
         before = states.read()
-        if not before.initialized or (before.status is Status.CLEAN and not before.in_progress):
+        reading = transitions.read(before, run_records(states), {})
+        rule = transitions.decide(reading, "force-clean", "pebble-migrate")
+        if not before.initialized or rule.verdict is transitions.Verdict.NOTHING:
             return before, before
         progress = before.in_progress
         what = f"{before.status.value}" + (f" ({progress.id})" if progress else "")
