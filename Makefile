@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick crashtest crashtest-long clean
+.PHONY: demo test lint typecheck unit bench bench-quick crashtest crashtest-long modeltest-long clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ crashtest: $(STAMP)
 
 crashtest-long: $(STAMP)
 	$(BIN)/python scripts/crashtest.py --keys 1000000 --kills 200 --chunk 10000
+
+# The model-based test of tests/test_model.py at length; CI runs a few examples of it.
+modeltest-long: $(STAMP)
+	PEBBLE_MIGRATE_MODEL_EXAMPLES=1000 PEBBLE_MIGRATE_MODEL_STEPS=40 \
+	PEBBLE_MIGRATE_MODEL_TALLY=benchmarks/results/model-long.json \
+	$(BIN)/pytest -q tests/test_model.py
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick

@@ -238,6 +238,7 @@ def test_a_view_from_another_database_is_never_read(tmp_path: Path) -> None:
 
 def test_a_missing_view_names_the_backup_taken_before(tmp_path: Path) -> None:
     db = create_database(tmp_path / "db", KEYS)
+    commands.up(db, registry_of(), options=_opts())  # the state, and so the database's id
     first = pm.create_backup(db, description="before")
     with pytest.raises(KeyboardInterrupt):
         commands.up(db, registry_of(migration(MID, up=_stop_at(b"k:030"))), options=_opts())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -547,7 +548,9 @@ def test_pickle_mode_float_keys_scan_across_chunks(tmp_path: Path) -> None:
 # --- 9. the disk fills while the database closes after the final commit ------------
 
 
-def test_disk_full_at_close_after_the_final_commit_is_not_an_error(tmp_path: Path) -> None:
+def test_disk_full_at_close_after_the_final_commit_is_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Writes ~6 MiB: more than the 4 MiB ballast given back before the close, so flushing
     # the memtable at close cannot fit once the disk is full.
     big = {b"k:%04d" % i: b"v" for i in range(3000)}
@@ -571,10 +574,17 @@ def test_disk_full_at_close_after_the_final_commit_is_not_an_error(tmp_path: Pat
 
         registry = pm.Registry([pm.Migration(id=MID, up=grow)])
         options = pm.RunOptions(reporter=fill_the_disk, handle_signals=False, check_space=False)
+        logger = logging.getLogger("pebble_migrate")
+        logger.addHandler(caplog.handler)  # the CLI's tests may have stopped propagation
         try:
-            pm.up(db, registry, options=options)
+            with caplog.at_level("WARNING", logger="pebble_migrate"):
+                pm.up(db, registry, options=options)
         finally:
+            logger.removeHandler(caplog.handler)
             filler.unlink(missing_ok=True)
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        assert "everything was committed before" in warned
+        assert "force-clean" not in warned  # no advice to redo what is done
         state = _state(db)
         assert (state.status, MID in state.applied) == (pm.Status.CLEAN, True)
         data = contents(db)["default"]

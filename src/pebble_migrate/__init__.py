@@ -13,6 +13,7 @@ from pebble_migrate.backup import (
 from pebble_migrate.commands import Aborted, RunOptions, down, history, rerun, status, up
 from pebble_migrate.context import ChunkPolicy, MigrationContext
 from pebble_migrate.errors import (
+    CodeChanged,
     ConfirmationRequired,
     CorruptionError,
     CorruptStateError,
@@ -23,6 +24,7 @@ from pebble_migrate.errors import (
     DiskFullError,
     DuplicateMigration,
     InsufficientSpace,
+    InvalidMigration,
     InvalidMigrationId,
     IrreversibleMigration,
     MigrateError,
@@ -63,6 +65,7 @@ __all__ = [
     "BackupInfo",
     "ChunkPolicy",
     "CleanupResult",
+    "CodeChanged",
     "ConfirmationRequired",
     "CorruptStateError",
     "CorruptionError",
@@ -75,6 +78,7 @@ __all__ = [
     "Event",
     "HistoryRecord",
     "InsufficientSpace",
+    "InvalidMigration",
     "InvalidMigrationId",
     "IrreversibleMigration",
     "MigrateError",

@@ -46,9 +46,9 @@ def archive_backup(info: BackupInfo) -> BackupInfo:
     tmp = root / f".tmp-{info.id}{ARCHIVE_SUFFIX}-{os.getpid()}"
     try:
         with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
-            tar.add(info.path / META, arcname=META)  # first, so listing reads only the head
+            _add_file(tar, info.path / META, META)  # first, so listing reads only the head
             for f in info.files:
-                tar.add(info.path / DATA / f.name, arcname=f"{DATA}/{f.name}")
+                _add_file(tar, info.path / DATA / f.name, f"{DATA}/{f.name}")
         fsync_file(tmp)
         tmp.rename(final)
         fsync_dir(root)
@@ -60,6 +60,17 @@ def archive_backup(info: BackupInfo) -> BackupInfo:
         raise
     remove_backup(info)
     return replace(info, path=final, archive=True)
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
+    """Add a regular file as a regular member, even when it shares its inode with another
+    (a scan view's table files are hard links of the checkpoint's): every member stands
+    alone, which is all a restore accepts."""
+    with path.open("rb") as handle:
+        st = os.fstat(handle.fileno())
+        member = tarfile.TarInfo(name)
+        member.size, member.mtime, member.mode = st.st_size, int(st.st_mtime), 0o644
+        tar.addfile(member, handle)
 
 
 def read_archive_info(path: Path) -> BackupInfo:

@@ -118,17 +118,19 @@ def backup_dir_for(db_path: str | Path, configured: str | Path | None = None) ->
 
 
 def backup_before(
-    db_path: str | Path, backup_dir: str | Path | None, migration_id: str
+    db_path: str | Path, backup_dir: str | Path | None, migration_id: str, database_id: Any
 ) -> BackupInfo | None:
-    """Return the newest backup of this database taken before `migration_id` began (it
-    is neither applied nor halfway there), or None."""
+    """Return the newest backup of this database (by its id) taken before `migration_id`
+    began (it is neither applied nor halfway there), or None."""
     try:
         found = list_backups(db_path, backup_dir=backup_dir)
     except (MigrateError, OSError):
         return None
     for info in reversed(found):
         if (
-            info.applied is not None
+            database_id is not None
+            and info.database_id == database_id
+            and info.applied is not None
             and migration_id not in info.applied
             and migration_id not in info.partial
         ):
@@ -137,10 +139,17 @@ def backup_before(
 
 
 def resume_impossible_hint(
-    db_path: str | Path, backup_dir: str | Path | None, migration_id: str, cli: str
+    db_path: str | Path,
+    backup_dir: str | Path | None,
+    migration_id: str,
+    cli: str,
+    database_id: Any,
+    *,
+    forced: bool = False,
 ) -> str:
-    """Return the way out when a migration left halfway cannot continue exactly."""
-    before = backup_before(db_path, backup_dir, migration_id)
+    """Return the way out when a migration left halfway cannot continue exactly
+    (`forced`: the status is dirty, so `up --from-start` needs `force-clean` first)."""
+    before = backup_before(db_path, backup_dir, migration_id, database_id)
     restore_it = (
         f"restore the backup taken before {migration_id} began: `{cli} backup restore "
         f"{before.id} --force`, then `{cli} up`"
@@ -148,10 +157,15 @@ def resume_impossible_hint(
         else f"restore a backup taken before {migration_id} began (`{cli} backup list`), "
         f"then `{cli} up`"
     )
+    again = (
+        f"`{cli} force-clean`, then `{cli} up --from-start`"
+        if forced
+        else (f"`{cli} up --from-start`")
+    )
     return (
         f"Nothing was changed. The safe way: {restore_it}. Only if {migration_id} is safe to "
-        f"apply twice to the keys it already did: `{cli} up --from-start` (its committed "
-        "chunks would be processed again)."
+        f"apply twice to the keys it already did: {again} (its committed chunks would be "
+        "processed again)."
     )
 
 

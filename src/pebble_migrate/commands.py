@@ -24,7 +24,13 @@ from pebble_migrate.errors import (
     release_frames,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
-from pebble_migrate.executor import Executor, RunReport, initialize, run_records
+from pebble_migrate.executor import (
+    Executor,
+    RunReport,
+    guard_process_exit,
+    initialize,
+    run_records,
+)
 from pebble_migrate.migration import Migration
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry
@@ -99,7 +105,11 @@ def opened(db_path: str | Path, *, read_only: bool, create: bool = False) -> Ite
     except MigrateError as exc:
         # Every write was committed by a synced batch before this point, so a failing
         # close (a full disk while RocksDB tidies up) changes nothing that was done.
-        log.warning("closing %s reported: %s (everything was committed before)", session.path, exc)
+        log.warning(
+            "closing %s reported: %s. Nothing to do: everything was committed before.",
+            session.path,
+            exc.message.rstrip("."),
+        )
 
 
 # --- status -------------------------------------------------------------------------
@@ -184,6 +194,8 @@ class RunOptions:
     """Run each applied migration's `validate` before recording it applied."""
     backup_dir: str | Path | None = None
     """Where backups are (for naming the one to restore when a run cannot resume)."""
+    guard_process_exit: bool = False
+    """Turn a migration's `os._exit` into a failure (the CLI sets it; it owns its process)."""
 
 
 @dataclass
@@ -227,7 +239,8 @@ def up(
         reading = transitions.read(state, records, by_id)
         transitions.decide(reading, "up", opts.cli_name)
         rerun = transitions.rerun_to_finish(reading, state)
-        plan = planner.plan_up(migrations, state.applied, version, rerun)
+        first = transitions.to_continue(reading)
+        plan = planner.plan_up(migrations, state.applied, version, rerun, first)
         _check_half_done_in_plan(reading, plan, by_id, opts.cli_name)
         discard = [r for r in records.values() if r.migration_id in plan.ids] if from_start else []
         if not discard:
@@ -416,16 +429,25 @@ def rerun(
 def _rerun_plan(
     reading: transitions.Reading, state: State, migrations: list[Migration], target: Migration
 ) -> planner.Plan:
-    """Return the rerun's steps; a rerun stopped in its apply phase goes on from there."""
+    """Return the rerun's steps; a rerun stopped halfway goes on from where it stopped."""
     current = planner.version_of(state.applied)
-    if reading.migration_id == target.id and reading.situation in (
+    after = planner.version_of([*state.applied, target.id])
+    apply = planner.Step("apply", target, "rerun")
+    halfway = reading.migration_id == target.id
+    if halfway and reading.situation in (
         transitions.Situation.MIGRATING,
         transitions.Situation.PARTLY_APPLIED,
     ):
-        step = planner.Step("apply", target, "rerun")
-        return planner.Plan(
-            "rerun", (step,), current, planner.version_of([*state.applied, target.id])
-        )
+        return planner.Plan("rerun", (apply,), current, after)
+    if (
+        halfway
+        and reading.situation in _ROLLING
+        and target.id not in state.applied
+        and target.down is not None
+    ):
+        # The rollback of a partly applied migration stopped: finish it, then apply.
+        back = planner.Step("rollback", target, "rollback")
+        return planner.Plan("rerun", (back, apply), current, after)
     return planner.plan_rerun(migrations, state.applied, target.id)
 
 
@@ -443,11 +465,14 @@ def _execute(session: Session, plan: planner.Plan, opts: RunOptions) -> RunRepor
         handle_signals=opts.handle_signals,
         cli_name=opts.cli_name,
         validate=opts.validate,
+        backup_dir=opts.backup_dir,
     )
     ballast = Ballast(session.path)
     ballast.ensure()
+    exits = guard_process_exit() if opts.guard_process_exit else contextlib.nullcontext()
     try:
-        return executor.run(plan)
+        with exits:
+            return executor.run(plan)
     except MigrationFailed as exc:
         if executor.unrecorded is None:
             raise
@@ -502,16 +527,15 @@ def _check_half_done_in_plan(
 def _check_views(session: Session, plan: planner.Plan, opts: RunOptions) -> None:
     """Refuse, before any write, a run whose resume would need a frozen view that is gone
     or is not its own; name the safe ways out."""
-    executor = Executor(session.db, session.path, handle_signals=False, cli_name=opts.cli_name)
+    executor = Executor(
+        session.db,
+        session.path,
+        handle_signals=False,
+        cli_name=opts.cli_name,
+        backup_dir=opts.backup_dir,
+    )
     try:
         executor.check_views(plan)
-    except views.ViewMissing as exc:
-        from pebble_migrate.backup import resume_impossible_hint
-
-        exc.hint = resume_impossible_hint(
-            session.path, opts.backup_dir, exc.migration_id, opts.cli_name
-        )
-        raise
     finally:
         executor.release()
 

@@ -16,9 +16,10 @@ import rocksdict
 from pebble_migrate import store, views
 from pebble_migrate.counting import KeyCount
 from pebble_migrate.cursor import SCAN_NAME, RunRecord, ScanCursor, encode_record, show_key
-from pebble_migrate.errors import MigrateError, UsageError
+from pebble_migrate.errors import CodeChanged, MigrateError, UsageError
 from pebble_migrate.events import Event
 from pebble_migrate.faults import kill_point
+from pebble_migrate.signals import HardStop
 
 if TYPE_CHECKING:
     from pebble_migrate.migration import Migration
@@ -89,6 +90,8 @@ class MigrationContext:
         self._run = run
         self.db: Any = TrackedDb(db, self._direct_write)
         self._record = record or RunRecord(migration.id, "apply")
+        self._unfinished = {name for name, c in self._record.scans.items() if not c.done}
+        self._raw_mode: bool | None = None
         self._skip_loose = self._record.loose if run is not None else 0
         self._loose = self._record.loose
         self._batch: rocksdict.WriteBatch | None = None
@@ -104,6 +107,13 @@ class MigrationContext:
         self.failure: BaseException | None = None
         """The first stop, corruption or storage error raised to the migration; it fails
         the run even if the migration's code caught it and carried on."""
+
+    def _raw(self) -> bool:
+        """Whether the database is in raw mode (bytes keys only)."""
+        if self._raw_mode is None:
+            run = self._run
+            self._raw_mode = run.states.raw if run is not None else store.is_raw_mode(self._rdict)
+        return self._raw_mode
 
     def _noted(self, exc: BaseException) -> BaseException:
         """Remember `exc` as what stopped the run (the first one wins); return it."""
@@ -223,6 +233,10 @@ class MigrationContext:
             raise UsageError("ctx.scan() takes either prefix= or start=/end=, not both.")
         if prefix is not None:
             start, end = prefix, store.successor(prefix)
+            if end is None and not self._raw():
+                raise UsageError(f"prefix {prefix!r:.40} has no end in a pickle-mode database.")
+        if not self._raw():
+            start, end = _pickle_bounds(start, end)
         if not isinstance(name, str) or not SCAN_NAME.match(name):
             raise UsageError(f"scan name {name!r} must be 1-64 letters, digits, '_', '.', '-'.")
         if name in self._used_names:
@@ -263,14 +277,25 @@ class MigrationContext:
             del snapshot
 
     def _prepare_scan(self, name: str, start: Any, end: Any) -> ScanCursor | None:
-        """Return the cursor to walk (new or resumed), or None if the scan already finished."""
+        """Return the cursor to walk (new or resumed), or None if the scan already finished.
+
+        Raise CodeChanged, before anything is committed, when the code no longer matches
+        the run it continues: a scan over another range, or a new scan while one that an
+        earlier run started is still unfinished (renamed, reordered, or dropped).
+        """
         cursor = self._record.scans.get(name)
+        mid = self.migration.id
         if cursor is not None and (cursor.start, cursor.end) != (start, end):
-            raise UsageError(
-                f"scan {name!r} of {self.migration.id} covers a different range than when it "
-                "was interrupted.",
-                hint="Run `pebble-migrate up --from-start` to start the migration over.",
-            )
+            raise CodeChanged(mid, f"scan {name!r} covers a different range than when it stopped")
+        if cursor is None:
+            waiting = sorted(self._unfinished - self._used_names)
+            if waiting:
+                raise CodeChanged(
+                    mid,
+                    f"scan {name!r} starts while scan {waiting[0]!r}, which the run that "
+                    "stopped began, is unfinished (a renamed, reordered or removed scan would "
+                    "process its committed keys again)",
+                )
         if cursor is not None and cursor.done:
             return None
         return cursor if cursor is not None else self._start_scan(name, start, end)
@@ -413,6 +438,10 @@ class MigrationContext:
         """Write the pending batch and the run record in one synced RocksDB write."""
         run = self._run
         assert run is not None
+        if run.guard.second:
+            # A second signal landed in the migration's own code, which may have caught it:
+            # nothing more is committed, whatever the code did next.
+            raise HardStop(run.guard.second)
         batch = self._batch if self._batch is not None else run.states.batch()
         self._record.loose = self._loose
         run.states.stage_put(batch, self._record.key, encode_record(self._record))
@@ -488,7 +517,7 @@ def validation_problems(db: rocksdict.Rdict, migration: Migration) -> list[str]:
     """Run `migration.validate` over `db` (read-only); return its problems (none: valid).
 
     `validate` reports failure by returning False or a non-empty list of problems, or by
-    raising.
+    raising (SystemExit included; an interruption is raised on).
     """
     if migration.validate is None:
         return []
@@ -497,15 +526,51 @@ def validation_problems(db: rocksdict.Rdict, migration: Migration) -> list[str]:
         result = migration.validate(ctx)
     except MigrateError as exc:
         return [exc.message]
-    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+    except (KeyboardInterrupt, HardStop):
+        raise  # an interruption, not an answer
+    except SystemExit as exc:
+        return [f"validate() called sys.exit({exc.code!r})"]
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything
         return [f"{type(exc).__name__}: {exc}"]
     finally:
         ctx.release()
+    return _problems_in(result)
+
+
+def _problems_in(result: Any) -> list[str]:
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        result.close()
+        return [f"validate() returned a {type(result).__name__} instead of running"]
     if result is False:
         return ["validate() returned False"]
     if isinstance(result, list | tuple):
         return [str(p) for p in result]
     return []
+
+
+def _pickle_bounds(start: Any, end: Any) -> tuple[Any, Any]:
+    """Return the bounds of a scan of a pickle-mode database, or raise UsageError.
+
+    rocksdict orders pickle-mode keys by type first (bytes, str, int, float, bool) and
+    negative floats after positive ones, so only bytes and str bounds name a range on
+    disk; a range is kept within its bounds' type.
+    """
+    if start is None and end is None:
+        return start, end
+    kinds = {type(b) for b in (start, end) if b is not None}
+    if len(kinds) != 1 or not kinds <= {bytes, str}:
+        shown = ", ".join(sorted(k.__name__ for k in kinds))
+        raise UsageError(
+            f"scan bounds of type {shown} are not supported in a pickle-mode database: "
+            "there, start= and end= must both be bytes or both be str.",
+            hint="Scan without bounds and skip the keys you do not want.",
+        )
+    if end is None:
+        raise UsageError(
+            "in a pickle-mode database a scan with start= needs end= (or use prefix=): "
+            "keys of other types follow the range on disk."
+        )
+    return (start if start is not None else type(end)()), end
 
 
 def _range_items(view: rocksdict.Rdict, begin: Any, end: Any, *, raw: bool) -> tuple[Any, Any]:

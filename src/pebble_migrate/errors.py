@@ -169,6 +169,20 @@ class NotCleanError(StateError):
     exit_code = EXIT_NOT_CLEAN
 
 
+class CodeChanged(UsageError):
+    """Raised when a resumed migration's code no longer matches the run that stopped."""
+
+    expected = False
+    exit_code = 1
+
+    def __init__(self, migration_id: str, detail: str) -> None:
+        self.migration_id = migration_id
+        super().__init__(
+            f"the code of {migration_id} changed since the run that stopped: {detail}.",
+            hint="Nothing was committed for that scan.",
+        )
+
+
 # --- migrations and their registry -----------------------------------------------
 
 
@@ -187,6 +201,19 @@ class InvalidMigrationId(RegistryError):
             hint="Ids look like 1700000000_add_indexes: a Unix timestamp between "
             "946684800 and 4102444800, an underscore, then letters, digits and underscores. "
             "`pebble-migrate create NAME` writes one for you.",
+        )
+
+
+class InvalidMigration(InvalidMigrationId):
+    """Raised when a migration's functions cannot be run (not callable, async, generator)."""
+
+    def __init__(self, migration_id: str, reason: str, source: str | None = None) -> None:
+        self.migration_id = migration_id
+        where = f" ({source})" if source else ""
+        MigrateError.__init__(
+            self,
+            f"migration {migration_id}{where} cannot be run: {reason}.",
+            hint="Fix the migration's functions; nothing was changed.",
         )
 
 
@@ -233,7 +260,7 @@ class MigrationLoadError(RegistryError):
         self.line = line
         where = f"{path}:{line}" if line else path
         super().__init__(
-            f"cannot load migration {where}: {detail}.",
+            f"cannot load migration {where}: {detail.rstrip('.')}.",
             hint="Fix the file and run the command again; nothing was changed.",
         )
 

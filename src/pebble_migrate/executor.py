@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import os
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 import rocksdict
 
@@ -17,6 +21,7 @@ from pebble_migrate import store, views
 from pebble_migrate.context import ChunkPolicy, MigrationContext, validation_problems
 from pebble_migrate.cursor import RunRecord, decode_record, encode_record, record_key
 from pebble_migrate.errors import (
+    CodeChanged,
     MigrateError,
     MigrationFailed,
     MigrationInterrupted,
@@ -138,6 +143,7 @@ class Executor:
         handle_signals: bool = True,
         cli_name: str = "pebble-migrate",
         validate: bool = True,
+        backup_dir: str | Path | None = None,
     ) -> None:
         self.db = db
         self.db_path = db_path
@@ -147,6 +153,7 @@ class Executor:
         self.policy = policy or ChunkPolicy()
         self.cli_name = cli_name
         self.validate = validate
+        self.backup_dir = backup_dir
         self.guard = SignalGuard(handle_signals)
         self.state: State = self.states.read()
         self.database_id = self.state.database_id
@@ -205,9 +212,17 @@ class Executor:
             action = "apply" if step.action == "apply" else "rollback"
             record = records.get((step.id, action))
             for cursor in (c for c in record.scans.values() if not c.done) if record else ():
-                view, _ = views.open_view(
-                    self.db_path, step.id, action, cursor.name, cursor.token, self.database_id
-                )
+                try:
+                    view, _ = views.open_view(
+                        self.db_path, step.id, action, cursor.name, cursor.token, self.database_id
+                    )
+                except views.ViewMissing as exc:
+                    from pebble_migrate.backup import resume_impossible_hint
+
+                    exc.hint = resume_impossible_hint(
+                        self.db_path, self.backup_dir, step.id, self.cli_name, self.database_id
+                    )
+                    raise
                 view.close()
 
     def run(self, plan: Plan) -> RunReport:
@@ -272,6 +287,7 @@ class Executor:
             ctx.check_finished()
             if self.guard.second:
                 raise HardStop(self.guard.second)
+            self._validated(step, ctx)
         except MigrationInterrupted as exc:
             self._interrupted(step, clock, exc.note or exc.message)
             raise
@@ -362,20 +378,22 @@ class Executor:
             self.states.stage_delete(batch, applied.key)
         return record
 
-    def _finish(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
-        """Commit the migration's last writes with the state that records it, atomically.
+    def _validated(self, step: Step, ctx: MigrationContext) -> None:
+        """Run an applied migration's `validate` on its committed work; raise if it fails.
 
-        With a `validate`, an applied migration's last writes are committed first (with its
-        finished cursor), then `validate` checks the data, and only then is it recorded
-        applied; a failed check leaves it dirty with the data as written.
+        The last writes are committed first, with the finished cursor, so `validate` reads
+        what `up` wrote; a failed check leaves the migration dirty with the data as written.
         """
-        if step.action == "apply" and self.validate and step.migration.validate is not None:
-            ctx.commit_work()
-            kill_point("final-before-validate")
-            problems = validation_problems(self.db, step.migration)
-            if problems:
-                failed = ValidationFailed(problems, migration_id=step.id, cli=self.cli_name)
-                raise self._failed(step, clock, failed, "")
+        if step.action != "apply" or not self.validate or step.migration.validate is None:
+            return
+        ctx.commit_work()
+        kill_point("final-before-validate")
+        problems = validation_problems(self.db, step.migration)
+        if problems:
+            raise ValidationFailed(problems, migration_id=step.id, cli=self.cli_name)
+
+    def _finish(self, step: Step, ctx: MigrationContext, clock: _Clock) -> None:
+        """Commit the migration's last writes with the state that records it, atomically."""
         state = self._finished_state(step)
         note = "wrote outside ctx" if ctx.wrote_directly else None
         batch = ctx.take_batch()
@@ -438,6 +456,8 @@ class Executor:
             hint = self._failure_hint(step)
             if isinstance(exc, ValidationFailed):
                 hint = exc.hint or hint
+            elif isinstance(exc, CodeChanged):
+                hint = self._code_changed_hint(step)
             elif isinstance(exc, MigrateError) and exc.hint:
                 hint = f"{exc.hint}\n{hint}"
         failed = MigrationFailed(step.id, error, hint=hint, details=details)
@@ -473,10 +493,23 @@ class Executor:
                 hint="The database is clean; nothing is left to run.",
             )
         done = f"after {plan.ids[index - 1]}" if index else "before the first step"
+        cli = self.cli_name
+        if plan.command == "rerun":
+            step = plan.steps[index]
+            again = (
+                f"Run `{cli} up {step.migration.version}` to apply it again"
+                if step.action == "apply"
+                else f"Run `{cli} rerun {step.id}` again"
+            )
+            hint = f"The database is clean. {again}."
+        else:
+            hint = (
+                f"The database is clean. Run `{cli} {plan.command} {plan.to_version}` to continue."
+            )
         return MigrationInterrupted(
             f"stopped {done}; {len(left)} step(s) not run: {', '.join(left)}",
             signum=signum,
-            hint=f"The database is clean. Run `{self.cli_name} {plan.command}` again to continue.",
+            hint=hint,
         )
 
     def _continue_hint(self, step: Step) -> str:
@@ -494,6 +527,19 @@ class Executor:
             f"resume by itself. See `{cli} status --verbose`, then `{cli} force-clean` and "
             f"`{cli} up` if it is safe to run again (mark it `rerunnable = True` if it always "
             f"is), or restore a backup (`{cli} backup list`)."
+        )
+
+    def _code_changed_hint(self, step: Step) -> str:
+        from pebble_migrate.backup import resume_impossible_hint
+
+        cli = self.cli_name
+        way_out = resume_impossible_hint(
+            self.db_path, self.backup_dir, step.id, cli, self.database_id, forced=True
+        ).removeprefix("Nothing was changed. ")
+        return (
+            f"The status is now `dirty`; what the run that stopped committed is kept. Put "
+            f"the code of {step.id} back as it was, then run `{cli} force-clean` and "
+            f"`{cli} up`. Or: {way_out}"
         )
 
     def failure_hint_for(self, states: StateStore) -> str:
@@ -564,14 +610,42 @@ def _refuse_unrun(step: Step, returned: object) -> None:
         )
 
 
+class ProcessExit(BaseException):
+    """Raised in place of `os._exit` while a migration runs under `guard_process_exit`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextlib.contextmanager
+def guard_process_exit() -> Iterator[None]:
+    """Make `os._exit` in this process raise ProcessExit for the duration (a forked child
+    still exits). The CLI uses it: a migration that ends the process would otherwise leave
+    the command's exit code to chance. An application's own process is not touched."""
+    real, owner = os._exit, os.getpid()
+
+    def refused(status: int) -> NoReturn:
+        if os.getpid() != owner:
+            real(status)
+        raise ProcessExit(status)
+
+    os._exit = refused
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 def _as_failure(exc: BaseException) -> Exception:
     """Return the error to record for what a migration raised (SystemExit and other
     BaseExceptions are failures, never a clean exit)."""
     if isinstance(exc, Exception):
         return exc
-    if isinstance(exc, SystemExit):
+    if isinstance(exc, SystemExit | ProcessExit):
+        call = "sys.exit" if isinstance(exc, SystemExit) else "os._exit"
         return UsageError(
-            f"the migration called sys.exit({exc.code!r}); its work is not finished.",
+            f"the migration called {call}({exc.code!r}); its work is not finished.",
             hint="A migration must return (or raise) instead of exiting the process.",
         )
     return UsageError(f"the migration raised {type(exc).__name__}: {exc}")

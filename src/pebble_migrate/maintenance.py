@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,26 +17,41 @@ from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.units import utc_now
 
 
+@dataclass(frozen=True)
+class ForceCleanResult:
+    """What force-clean did: the state before and after (the same object when there was
+    nothing to do), and what is left halfway afterwards. Unpacks as (before, after)."""
+
+    before: State
+    after: State
+    left: transitions.Reading
+
+    def __iter__(self) -> Iterator[State]:
+        return iter((self.before, self.after))
+
+
 def force_clean(
     db_path: str | Path, *, confirm: Confirm = always, dry_run: bool = False
-) -> tuple[State, State]:
+) -> ForceCleanResult:
     """Set the status to clean without marking the interrupted migration applied.
 
-    Committed scan progress is kept, so the next `up` continues it. Returns (before, after);
-    they are the same object when there was nothing to do. A dry run writes nothing.
+    Committed scan progress is kept, so the next `up` (or, for a rollback, `down`)
+    continues it. A dry run writes nothing.
     """
     with opened(db_path, read_only=dry_run) as session:
         states = session.states
         before = states.read()
-        reading = transitions.read(before, run_records(states), {})
+        records = run_records(states)
+        reading = transitions.read(before, records, {})
         rule = transitions.decide(reading, "force-clean", "pebble-migrate")
         if not before.initialized or rule.verdict is transitions.Verdict.NOTHING:
-            return before, before
+            return ForceCleanResult(before, before, reading)
         progress = before.in_progress
         what = f"{before.status.value}" + (f" ({progress.id})" if progress else "")
         after = before.evolve(status=Status.CLEAN, in_progress=None, last_error=None)
+        left = transitions.read(after, records, {})
         if dry_run:
-            return before, after
+            return ForceCleanResult(before, after, left)
         if not confirm(f"Force the status from {what} to clean?"):
             raise Aborted()
         record = HistoryRecord(
@@ -49,7 +65,7 @@ def force_clean(
             error=before.last_error,
             note="status forced to clean; migration not marked applied",
         )
-        return before, states.write_state(after, record)
+        return ForceCleanResult(before, states.write_state(after, record), left)
 
 
 @dataclass

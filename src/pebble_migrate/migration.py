@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pebble_migrate.errors import DependencyCycle, InvalidMigrationId
+from pebble_migrate.errors import DependencyCycle, InvalidMigration, InvalidMigrationId
 
 if TYPE_CHECKING:
     from pebble_migrate.context import MigrationContext
@@ -76,16 +76,14 @@ class Migration:
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "dependencies", _as_ids(self.id, self.dependencies))
         if not callable(self.up):
-            raise InvalidMigrationId(self.id, "`up` must be a function taking ctx", self.source)
+            raise InvalidMigration(self.id, "`up` must be a function taking ctx", self.source)
         for name in ("up", "down", "validate"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
-                raise InvalidMigrationId(
-                    self.id, f"`{name}` must be a function or None", self.source
-                )
+                raise InvalidMigration(self.id, f"`{name}` must be a function or None", self.source)
             kind = _not_run_by_calling(fn)
             if kind:
-                raise InvalidMigrationId(
+                raise InvalidMigration(
                     self.id,
                     f"`{name}` is {kind}, which does nothing until awaited or iterated; "
                     "migration functions must be plain `def` functions",

@@ -137,21 +137,39 @@ def plan_up(
     applied: Collection[str],
     target: int | None = None,
     rerun: str | None = None,
+    first: str | None = None,
 ) -> Plan:
     """Return the steps that apply pending migrations, up to `target` when given.
 
     `rerun` names an applied migration whose rerun was interrupted in its apply phase: it
-    comes first, to be finished.
+    comes first, to be finished. `first` names a pending migration left halfway: it also
+    comes first, before any other (one merged later with a lower version included), so
+    nothing runs on data it has half changed.
     """
     todo = pending(migrations, applied)
     if target is not None:
         todo = _up_to(todo, target)
+    if first is not None and first in {m.id for m in todo}:
+        todo = _first(todo, first, applied)
     current = version_of(applied)
     steps = tuple(Step("apply", m, "apply") for m in todo)
     again = [m for m in migrations if m.id == rerun]
     if again:
         steps = (Step("apply", again[0], "rerun"), *steps)
     return Plan("up", steps, current, version_of([*applied, *(s.id for s in steps)]))
+
+
+def _first(todo: list[Migration], first: str, applied: Collection[str]) -> list[Migration]:
+    head = next(m for m in todo if m.id == first)
+    missing = sorted(dep for dep in head.dependencies if dep not in applied)
+    if missing:
+        raise PlanError(
+            f"{first} was left halfway, but it now depends on {', '.join(missing)}, which "
+            "is not applied: its code changed since it ran.",
+            hint="Put its dependencies back as they were to finish it, or restore a backup "
+            "taken before it began (`pebble-migrate backup list`).",
+        )
+    return [head, *(m for m in todo if m.id != first)]
 
 
 def _up_to(todo: list[Migration], target: int) -> list[Migration]:

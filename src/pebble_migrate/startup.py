@@ -12,7 +12,7 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import restore, store, transitions, views
+from pebble_migrate import restore, store, transitions
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.errors import (
     MigrationInterrupted,
@@ -96,7 +96,10 @@ def _check_and_run(
         reading = transitions.read(state, run_records(states), by_id)
         transitions.decide(reading, "startup", opts.cli_name)
         plan = planner.plan_up(
-            migrations, state.applied, rerun=transitions.rerun_to_finish(reading, state)
+            migrations,
+            state.applied,
+            rerun=transitions.rerun_to_finish(reading, state),
+            first=transitions.to_continue(reading),
         )
         if transitions.half_done(reading) is not None and reading.migration_id not in plan.ids:
             raise NotCleanError(
@@ -152,17 +155,10 @@ def _run(
         handle_signals=opts.handle_signals,
         cli_name=opts.cli_name,
         validate=opts.validate_after_apply,
+        backup_dir=opts.backup_dir,
     )
     try:
-        try:
-            executor.check_views(plan)
-        except views.ViewMissing as exc:
-            from pebble_migrate.backup import resume_impossible_hint
-
-            exc.hint = resume_impossible_hint(
-                path, opts.backup_dir, exc.migration_id, opts.cli_name
-            )
-            raise
+        executor.check_views(plan)
         if opts.backup_enabled:
             _backup(db, path, state, plan, opts)
         return executor.run(plan)

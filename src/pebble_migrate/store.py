@@ -91,7 +91,7 @@ def translate(exc: BaseException, path: str | Path, *, needed: int | None = None
         return DiskFullError(where, text, free_space(Path(where)), needed)
     if text.startswith("Corruption:"):
         return CorruptionError(
-            f"RocksDB reports corrupt data in {where}: {text}",
+            f"RocksDB reports corrupt data in {where}: {text.removeprefix('Corruption: ')}",
             hint="Nothing more was written. Restore a backup "
             "(`pebble-migrate backup list`, `pebble-migrate backup restore ID --force`).",
         )

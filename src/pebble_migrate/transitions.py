@@ -7,6 +7,7 @@ a test checks that the page and the code agree.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +52,10 @@ class Rule:
 
     verdict: Verdict
     text: str
+
+    def said_of(self, migration_id: str | None) -> str:
+        """Return the text with the migration's id in place of M."""
+        return self.text if migration_id is None else re.sub(r"\bM\b", migration_id, self.text)
 
 
 def _r(verdict: Verdict, text: str) -> Rule:
@@ -267,6 +272,13 @@ def rerun_to_finish(reading: Reading, state: State) -> str | None:
         mid in state.applied
     ):
         return mid
+    return None
+
+
+def to_continue(reading: Reading) -> str | None:
+    """Return the migration `up` must continue before anything else, if any."""
+    if reading.situation in (Situation.MIGRATING, Situation.PARTLY_APPLIED):
+        return reading.migration_id
     return None
 
 

@@ -21,7 +21,7 @@ import rocksdict
 
 from pebble_migrate import store
 from pebble_migrate.durable import fsync_dir
-from pebble_migrate.errors import NotCleanError, StateError
+from pebble_migrate.errors import MigrateError, NotCleanError, StateError
 from pebble_migrate.paths import work_dir
 
 VIEW_PREFIX = b"view/"
@@ -77,9 +77,15 @@ def open_view(
         raise ViewMissing(migration_id, scan, why)
     if token is None:
         raise ViewMissing(migration_id, scan, "its cursor was written by an older version")
-    view = store.open_database(path, read_only=True)
+    try:
+        view = store.open_database(path, read_only=True)
+    except MigrateError as exc:
+        raise ViewMissing(migration_id, scan, f"it does not open: {exc.message}") from None
     try:
         found, owner = _identity(view, path, migration_id, action, scan)
+    except MigrateError as exc:
+        view.close()
+        raise ViewMissing(migration_id, scan, f"it cannot be read: {exc.message}") from None
     except BaseException:
         view.close()
         raise

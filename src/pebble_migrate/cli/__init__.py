@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,8 +51,24 @@ def _configure_logging() -> None:
     logger.propagate = False
 
 
+def _standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr (`>&-`, some daemon wrappers) /dev/null, so
+    output has somewhere harmless to go and no file the database opens lands on fd 1 or 2."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+
+
 def main() -> None:
     """Run the CLI (console script entry point)."""
+    _standard_streams()
     try:
         code = cli.main(prog_name="pebble-migrate", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):

@@ -16,10 +16,10 @@ from pebble_migrate.cli.options import confirmer, global_options, settings, yes_
 def force_clean(yes: bool) -> None:
     """Set the status to clean without marking the interrupted migration applied."""
     s = settings()
-    before, after = maintenance.force_clean(
+    result = maintenance.force_clean(
         s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
     )
-    renderer(s).state_change(before, after, dry_run=s.dry_run)
+    renderer(s).state_change(result, dry_run=s.dry_run)
 
 
 @cli.command()

@@ -43,6 +43,7 @@ def _run_options(
         before_write=_backup_hook(s, out) if backup else None,
         validate=validate,
         backup_dir=s.backups(),
+        guard_process_exit=True,
     )
 
 

@@ -31,10 +31,10 @@ from rich.table import Table
 from pebble_migrate.commands import Outcome, StatusReport
 from pebble_migrate.errors import MigrateError, MigrationFailed
 from pebble_migrate.events import Event
-from pebble_migrate.maintenance import RepairReport
+from pebble_migrate.maintenance import ForceCleanResult, RepairReport
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import HistoryRecord, State, Status
-from pebble_migrate.transitions import TABLE, Situation
+from pebble_migrate.transitions import TABLE, Reading, Situation
 from pebble_migrate.units import format_duration, format_time, version_time
 from pebble_migrate.validation import ValidationReport
 
@@ -213,7 +213,8 @@ class Renderer:
         reading = report.reading
         if reading.situation is not Situation.CLEAN:
             rule = TABLE[reading.situation]["up"]
-            table.add_row("Left halfway", escape(f"{reading.describe()} (up: {rule.text})"))
+            up_would = rule.said_of(reading.migration_id)
+            table.add_row("Left halfway", escape(f"{reading.describe()} (up: {up_would})"))
         if state.last_error:
             table.add_row("Last error", f"[red]{escape(state.last_error)}[/]")
         if self.verbose:
@@ -263,7 +264,7 @@ class Renderer:
             "partial": {r.migration_id: r.describe() for r in report.partial},
             "situation": report.reading.situation,
             "left_halfway": report.reading.migration_id,
-            "up_would": TABLE[report.reading.situation]["up"].text,
+            "up_would": TABLE[report.reading.situation]["up"].said_of(report.reading.migration_id),
         }
 
     def plan(self, plan: Plan, *, dry_run: bool, later: Sequence[str] = ()) -> None:
@@ -374,8 +375,9 @@ class Renderer:
         if not report.problems:
             self.out.print(f"[green]Valid:[/] {len(report.checks)} checks passed.")
 
-    def state_change(self, before: State, after: State, *, dry_run: bool = False) -> None:
-        """Show the result of force-clean."""
+    def state_change(self, result: ForceCleanResult, *, dry_run: bool = False) -> None:
+        """Show the result of force-clean, and what is left halfway after it."""
+        before, after, left = result.before, result.after, result.left
         changed = before is not after
         if self.json:
             self.emit(
@@ -384,6 +386,8 @@ class Renderer:
                     "after": after.status,
                     "changed": changed,
                     "dry_run": dry_run,
+                    "situation": left.situation,
+                    "left_halfway": left.migration_id,
                 }
             )
             return
@@ -392,16 +396,11 @@ class Renderer:
             return
         progress = before.in_progress
         what = f" ({progress.id})" if progress else ""
+        head = f"{before.status.value}{escape(what)} -> {after.status.value}"
         if dry_run:
-            self.say(
-                f"Would set the status {before.status.value}{escape(what)} -> "
-                f"{after.status.value}. Dry run: nothing was changed."
-            )
+            self.say(f"Would set the status {head}. Dry run: nothing was changed.")
             return
-        self.say(
-            f"Status {before.status.value}{escape(what)} -> {after.status.value}. Nothing was "
-            "marked applied; run `up` to apply it again (committed progress is kept)."
-        )
+        self.say(f"Status {head}. {escape(_after_force_clean(before, left))}")
 
     def repair(self, report: RepairReport, *, dry_run: bool = False) -> None:
         """Show the result of repair."""
@@ -483,6 +482,25 @@ class Outlet:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _after_force_clean(before: State, left: Reading) -> str:
+    mid = left.migration_id
+    where = f" ({left.record.describe()})" if left.record is not None else ""
+    if left.situation is Situation.HALF_ROLLED_BACK:
+        return (
+            f"The rollback of {mid} is still halfway{where}: finish it with `down VERSION`, "
+            f"a version below {mid}; `up` refuses until then."
+        )
+    if left.situation is Situation.PARTLY_APPLIED:
+        return f"Nothing was marked applied; `up` continues {mid}{where}."
+    progress = before.in_progress
+    if progress is not None and progress.kind == "rollback":
+        return (
+            f"{progress.id} stays applied, but its `down` may have changed data before it "
+            "stopped: check it (`validate`), then `down VERSION` again, or restore a backup."
+        )
+    return "Nothing was marked applied; `up` runs it again from its start."
 
 
 def _console(stream: Any) -> Console:
