@@ -24,12 +24,11 @@ from pebble_migrate.backup import (
     BackupInfo,
     NotABackup,
     backup_dir_for,
-    cleanup_backups,
     create_backup,
-    list_backups,
     load_backup,
     verify_backup,
 )
+from pebble_migrate.catalog import cleanup_backups, list_backups
 from pebble_migrate.commands import RunOptions, up
 from pebble_migrate.state import read_state
 from pebble_migrate.testing import contents
@@ -39,10 +38,11 @@ T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 CLOCK_USERS = (
     "pebble_migrate.units",
     "pebble_migrate.backup",
+    "pebble_migrate.catalog",
     "pebble_migrate.restore",
     "pebble_migrate.executor",
     "pebble_migrate.commands",
-    "pebble_migrate.cli.backup",
+    "pebble_migrate.cli.render",
 )
 
 
@@ -296,7 +296,7 @@ def test_checksums_are_cached_by_inode_and_verification_rereads(
         key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
         assert (key in cache) == name.endswith(".sst")
         if key in cache:
-            assert cache[key] == digest
+            assert cache[key] == {"sha256": digest, "checked": True}
 
     # The second backup takes the table files' sums from the cache (it does not read
     # them again): a poisoned cache shows up in its metadata...
@@ -353,6 +353,8 @@ def test_summary_has_the_listed_fields(tmp_path: Path, clock: Clock) -> None:
         "trigger": "1700000000_x",
         "archive": False,
         "partial": {},
+        "mode": "link",
+        "shares_files_with_database": None,
     }
     assert info.size_bytes == sum((info.path / "db" / f.name).stat().st_size for f in info.files)
 

@@ -4,12 +4,11 @@ from pebble_migrate.backup import (
     BackupCorrupt,
     BackupError,
     BackupInfo,
-    CleanupResult,
     NotABackup,
-    cleanup_backups,
+    TableDamaged,
     create_backup,
-    list_backups,
 )
+from pebble_migrate.catalog import CleanupResult, cleanup_backups, list_backups
 from pebble_migrate.commands import Aborted, RunOptions, down, history, rerun, status, up
 from pebble_migrate.context import ChunkPolicy, MigrationContext
 from pebble_migrate.errors import (
@@ -104,6 +103,7 @@ __all__ = [
     "Status",
     "Step",
     "StorageError",
+    "TableDamaged",
     "UnknownDependency",
     "UnknownTarget",
     "UsageError",

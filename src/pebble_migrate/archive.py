@@ -88,7 +88,10 @@ def read_archive_info(path: Path) -> BackupInfo:
 
 
 def _members(info: BackupInfo) -> Generator[tuple[str, IO[bytes]], None, None]:
-    """Yield (name under db/, readable stream) for each database file of the archive."""
+    """Yield (name under db/, readable stream) for each database file of the archive, each
+    checked from its header alone before a byte of it is read: a regular file, under db/,
+    recorded in backup.json, of its recorded size."""
+    recorded = {f.name: f for f in info.files}
     try:
         with tarfile.open(info.path, "r:gz") as tar:
             for member in tar:
@@ -97,11 +100,19 @@ def _members(info: BackupInfo) -> Generator[tuple[str, IO[bytes]], None, None]:
                 name = PurePosixPath(member.name)
                 parts = name.parts
                 if not member.isfile() or len(parts) < 2 or parts[0] != DATA or ".." in parts:
-                    raise NotABackup(str(info.path), f"unexpected entry {member.name!r}")
+                    raise NotABackup(str(info.path), f"unexpected entry {member.name!r:.120}")
+                inner = "/".join(parts[1:])
+                expected = recorded.get(inner)
+                if expected is None:
+                    raise BackupCorrupt(info.id, inner, "is not part of the backup")
+                if member.size != expected.size:
+                    raise BackupCorrupt(
+                        info.id, inner, f"has {member.size} bytes, {expected.size} recorded"
+                    )
                 source = tar.extractfile(member)
                 if source is None:
-                    raise NotABackup(str(info.path), f"unreadable entry {member.name!r}")
-                yield "/".join(name.parts[1:]), source
+                    raise NotABackup(str(info.path), f"unreadable entry {member.name!r:.120}")
+                yield inner, source
     except _UNREADABLE as exc:
         raise NotABackup(str(info.path), f"the archive is damaged ({exc})") from None
 
@@ -149,20 +160,27 @@ def verify_archive(info: BackupInfo) -> None:
     _check_complete(info, seen)
 
 
-def extract_archive(info: BackupInfo, target: Path) -> None:
+def extract_archive(info: BackupInfo, target: Path, mode: int = 0o644) -> None:
     """Extract the database files of an archive into `target` (which must not exist),
-    checking each file's size and SHA-256 as it is written; raise BackupCorrupt."""
-    target.mkdir(parents=True)
+    checking each member's header first and its size and SHA-256 as it is written, never
+    writing past its recorded size; files get permissions `mode`; raise BackupCorrupt."""
+    from pebble_migrate.restore import dir_mode
+
+    target.mkdir(parents=True, mode=dir_mode(mode))
     seen: set[str] = set()
+    recorded = {f.name: f.size for f in info.files}
     with contextlib.closing(_members(info)) as members:
         for name, source in members:
             dest = target.joinpath(*name.split("/"))
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode(mode))
             digest, size = hashlib.sha256(), 0
-            with dest.open("wb") as out:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as out:
                 for chunk in _read(info, source):
-                    digest.update(chunk)
                     size += len(chunk)
+                    if size > recorded[name]:
+                        raise BackupCorrupt(info.id, name, "is longer than recorded")
+                    digest.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())

@@ -7,18 +7,25 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import stat
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import rocksdict
 
-from pebble_migrate import store
-from pebble_migrate.durable import fsync_dir, write_json_atomic
-from pebble_migrate.errors import DiskFullError, InsufficientSpace, MigrateError
+from pebble_migrate import integrity, store
+from pebble_migrate.durable import clone_or_copy, fsync_dir, write_json_atomic
+from pebble_migrate.errors import (
+    CorruptionError,
+    DiskFullError,
+    InsufficientSpace,
+    MigrateError,
+    UsageError,
+)
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import default_backup_dir, resolve_database
 from pebble_migrate.plan import Plan
@@ -58,6 +65,27 @@ class BackupCorrupt(BackupError):
         )
 
 
+class TableDamaged(CorruptionError):
+    """Raised when RocksDB finds a table file of the database damaged while backing it up."""
+
+    def __init__(
+        self, db_path: Path, damage: integrity.Damage, backup_dir: str | Path | None
+    ) -> None:
+        self.file = damage.file
+        name = damage.file or "a table file"
+        super().__init__(
+            f"refusing to back up {db_path}: RocksDB finds {name} damaged "
+            f"({damage.detail.split(': ', 1)[-1]}). A backup never records a damaged file.",
+            hint="Nothing was written. " + _damage_hint(db_path, backup_dir, damage.file),
+        )
+
+
+def _damage_hint(db_path: Path, backup_dir: str | Path | None, file: str | None) -> str:
+    from pebble_migrate.catalog import damage_hint
+
+    return damage_hint(db_path, backup_dir, file)
+
+
 @dataclass(frozen=True)
 class BackupFile:
     """One file of a backup, with its size and SHA-256."""
@@ -87,6 +115,13 @@ class BackupInfo:
     are in the backup, so after a restore `up` continues them exactly)."""
     applied: tuple[str, ...] | None = None
     """The applied migrations (None in backups made before this was recorded)."""
+    mode: str = "link"
+    """How its files were made: `link` (hard links, shared with the live database),
+    `copy` or `reflink` (independent inodes), or `archive` once packed."""
+    tables_checked: bool = False
+    """Whether RocksDB's own checksums of its table files were read when it was made."""
+    shares_live: bool | None = None
+    """Whether it shares files with the live database (None: not looked at)."""
 
     @property
     def size_bytes(self) -> int:
@@ -106,6 +141,8 @@ class BackupInfo:
             "trigger": self.trigger,
             "archive": self.archive,
             "partial": dict(self.partial),
+            "mode": "archive" if self.archive else self.mode,
+            "shares_files_with_database": self.shares_live,
         }
 
 
@@ -115,58 +152,6 @@ def backup_dir_for(db_path: str | Path, configured: str | Path | None = None) ->
     if configured is not None:
         return Path(configured)
     return default_backup_dir(resolve_database(db_path))
-
-
-def backup_before(
-    db_path: str | Path, backup_dir: str | Path | None, migration_id: str, database_id: Any
-) -> BackupInfo | None:
-    """Return the newest backup of this database (by its id) taken before `migration_id`
-    began (it is neither applied nor halfway there), or None."""
-    try:
-        found = list_backups(db_path, backup_dir=backup_dir)
-    except (MigrateError, OSError):
-        return None
-    for info in reversed(found):
-        if (
-            database_id is not None
-            and info.database_id == database_id
-            and info.applied is not None
-            and migration_id not in info.applied
-            and migration_id not in info.partial
-        ):
-            return info
-    return None
-
-
-def resume_impossible_hint(
-    db_path: str | Path,
-    backup_dir: str | Path | None,
-    migration_id: str,
-    cli: str,
-    database_id: Any,
-    *,
-    forced: bool = False,
-) -> str:
-    """Return the way out when a migration left halfway cannot continue exactly
-    (`forced`: the status is dirty, so `up --from-start` needs `force-clean` first)."""
-    before = backup_before(db_path, backup_dir, migration_id, database_id)
-    restore_it = (
-        f"restore the backup taken before {migration_id} began: `{cli} backup restore "
-        f"{before.id} --force`, then `{cli} up`"
-        if before is not None
-        else f"restore a backup taken before {migration_id} began (`{cli} backup list`), "
-        f"then `{cli} up`"
-    )
-    again = (
-        f"`{cli} force-clean`, then `{cli} up --from-start`"
-        if forced
-        else (f"`{cli} up --from-start`")
-    )
-    return (
-        f"Nothing was changed. The safe way: {restore_it}. Only if {migration_id} is safe to "
-        f"apply twice to the keys it already did: {again} (its committed chunks would be "
-        "processed again)."
-    )
 
 
 def describe_trigger(plan: Plan) -> str:
@@ -180,6 +165,11 @@ def describe_trigger(plan: Plan) -> str:
 # --- creating -----------------------------------------------------------------------
 
 
+MODES = ("link", "copy")
+"""`link`: hard links (free, shares files with the live database); `copy`: independent
+files (reflinks where the filesystem can clone, plain copies elsewhere)."""
+
+
 def create_backup(
     db_path: str | Path,
     *,
@@ -187,9 +177,10 @@ def create_backup(
     description: str = "manual backup",
     trigger: str | None = None,
     compress: bool = False,
+    mode: str = "link",
 ) -> BackupInfo:
     """Open the database (it must not be in use) and back it up."""
-    db = store.open_database(db_path, read_only=False)
+    db = store.open_database(resolve_database(db_path), read_only=False)
     try:
         return create_backup_of_open(
             db,
@@ -198,9 +189,10 @@ def create_backup(
             description=description,
             trigger=trigger,
             compress=compress,
+            mode=mode,
         )
     finally:
-        db.close()
+        store.close_database(db)
 
 
 def create_backup_of_open(
@@ -211,12 +203,21 @@ def create_backup_of_open(
     description: str = "manual backup",
     trigger: str | None = None,
     compress: bool = False,
+    mode: str = "link",
 ) -> BackupInfo:
-    """Back up an open database: checkpoint, checksums, metadata, then an atomic rename."""
-    root = backup_dir_for(db_path, backup_dir)
+    """Back up an open database: checkpoint, checks, checksums, metadata, atomic rename.
+
+    RocksDB's checksums of every table file new since the last backup are read first; a
+    damaged file is refused (`TableDamaged`) and nothing is written. With `mode="copy"`,
+    the checkpoint's hard links are replaced by independent files.
+    """
+    if mode not in MODES:
+        raise UsageError(f"unknown backup mode {mode!r}; choose one of {', '.join(MODES)}.")
+    path = resolve_database(db_path)
+    root = backup_dir_for(path, backup_dir)
     # Check the room first: a refused backup leaves no trace, not even the directory.
-    _check_room(root, db, Path(db_path), compress)
-    root.mkdir(parents=True, exist_ok=True)
+    _check_room(root, db, path, compress or mode == "copy")
+    make_backup_root(root)
     sweep_temporary(root)
     created = utc_now()
     backup_id = _new_id(root, created)
@@ -224,8 +225,11 @@ def create_backup_of_open(
     try:
         _checkpoint(db, tmp / DATA)
         kill_point("backup-checkpoint")
-        _copy_views(resolve_database(db_path), tmp / DATA, _partial_of(db, db_path))
-        info = _describe(db, db_path, tmp, backup_id, created, description, trigger)
+        _copy_views(path, tmp / DATA, _partial_of(db, path))
+        files = _checked_files(path, tmp / DATA, root / _CACHE, backup_dir)
+        kill_point("backup-checked")
+        made = _unshare(tmp / DATA, files) if mode == "copy" else "link"
+        info = _describe(db, path, tmp, backup_id, created, description, trigger, files, made)
         write_json_atomic(tmp / META, encode_info(info))
         fsync_dir(tmp)
         final = root / backup_id
@@ -248,6 +252,73 @@ def create_backup_of_open(
             remove_backup(info)
             raise
     return info
+
+
+def make_backup_root(root: Path) -> None:
+    """Create the backup directory if needed; raise BackupError saying why it cannot be."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is not a directory", str(root))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):
+            reason = "a file is in the way"
+        raise BackupError(
+            f"cannot use {root} as the backup directory: {reason}.",
+            hint="Nothing was written. Fix that path, or choose another with --backup-dir "
+            "(or PEBBLE_MIGRATE_BACKUP_DIR, or backup-dir in pyproject.toml); `up --no-backup` "
+            "runs without a backup.",
+        ) from None
+
+
+def _checked_files(
+    db_path: Path, data: Path, cache: Path, backup_dir: str | Path | None
+) -> list[BackupFile]:
+    """Return the checkpoint's files with their sums, after RocksDB has read every table
+    file not checked by an earlier backup; raise TableDamaged for a damaged one."""
+    known = _read_cache(cache)
+    files, entries = [], {}
+    unchecked: dict[Path, list[str]] = {}
+    for path in sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink()):
+        st = path.stat()
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        entry = known.get(key) if path.name.endswith(_IMMUTABLE) else None
+        digest = entry["sha256"] if entry else sha256_of(path)
+        if path.name.endswith(_IMMUTABLE):
+            entries[key] = {"sha256": digest, "checked": bool(entry and entry["checked"])}
+            if not entries[key]["checked"]:
+                unchecked.setdefault(path.parent, []).append(path.name)
+        files.append(BackupFile(str(path.relative_to(data)), st.st_size, digest))
+    for folder, names in unchecked.items():
+        damage = integrity.check_tables(folder, only=names)
+        if damage is not None:
+            raise TableDamaged(db_path, damage, backup_dir)
+    for entry_ in entries.values():
+        entry_["checked"] = True
+    _write_cache(cache, entries)
+    return files
+
+
+def _unshare(data: Path, files: list[BackupFile]) -> str:
+    """Replace every file of the checkpoint that shares an inode (the table files it
+    hard-linked) by an independent one; return "reflink" if every one was cloned."""
+    sums = {f.name: f.sha256 for f in files}
+    how = set()
+    for path in sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink()):
+        st = path.stat()
+        if st.st_nlink < 2:
+            continue
+        fresh = path.with_name(f".{path.name}.copy")
+        made = clone_or_copy(path, fresh, stat.S_IMODE(st.st_mode))
+        if made == "copy" and sha256_of(fresh) != sums[str(path.relative_to(data))]:
+            fresh.unlink()
+            raise BackupError(f"copying {path.name} into the backup gave different bytes.")
+        fresh.replace(path)
+        how.add(made)
+        kill_point("backup-copied")
+    fsync_dir(data)
+    return "reflink" if how == {"reflink"} else "copy"
 
 
 def disk_error(exc: OSError, where: Path, needed: int | None = None) -> MigrateError:
@@ -338,52 +409,33 @@ def _new_id(root: Path, created: datetime) -> str:
 
 def _describe(
     db: rocksdict.Rdict,
-    db_path: str | Path,
+    db_path: Path,
     folder: Path,
     backup_id: str,
     created: datetime,
     description: str,
     trigger: str | None,
+    files: list[BackupFile],
+    mode: str,
 ) -> BackupInfo:
     with StateStore(db, str(db_path)) as states:
         state = states.read()
-    partial = _partial_of(db, db_path)
     return BackupInfo(
         id=backup_id,
         path=folder,
         created_at=created,
         description=description,
-        database_path=str(resolve_database(db_path)),
+        database_path=str(db_path),
         database_id=state.database_id,
         version=state.current_version,
         status=state.status.value,
         trigger=trigger,
-        files=tuple(checksum_files(folder / DATA, cache=folder.parent / _CACHE)),
-        partial=partial,
+        files=tuple(files),
+        partial=_partial_of(db, db_path),
         applied=tuple(sorted(state.applied)),
+        mode=mode,
+        tables_checked=True,
     )
-
-
-def checksum_files(folder: Path, cache: Path | None = None) -> Iterator[BackupFile]:
-    """Yield every file under `folder` with size and SHA-256.
-
-    Table files are immutable in RocksDB and hard-linked into every checkpoint, so their
-    sums are cached by inode: a backup only reads the files written since the last one.
-    """
-    known = _read_cache(cache) if cache is not None else {}
-    fresh: dict[str, str] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
-        key = f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
-        cacheable = path.name.endswith(_IMMUTABLE)
-        digest = known.get(key) if cacheable else None
-        if digest is None:
-            digest = sha256_of(path)
-        if cacheable:
-            fresh[key] = digest
-        yield BackupFile(str(path.relative_to(folder)), stat.st_size, digest)
-    if cache is not None:
-        _write_cache(cache, fresh)
 
 
 def sha256_of(path: Path) -> str:
@@ -392,35 +444,54 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _read_cache(path: Path) -> dict[str, str]:
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the cache: inode key -> {"sha256", "checked" (by RocksDB)}; a damaged or
+    foreign cache is simply empty (it only saves work)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    cache: dict[str, dict[str, Any]] = {}
+    for key, raw in data.items():
+        # A bare sum was written before files were checked by RocksDB.
+        value = {"sha256": raw, "checked": False} if isinstance(raw, str) else raw
+        if isinstance(value, dict) and isinstance(value.get("sha256"), str):
+            cache[str(key)] = {"sha256": value["sha256"], "checked": value.get("checked") is True}
+    return cache
 
 
-def _write_cache(path: Path, entries: dict[str, str]) -> None:
+def _write_cache(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     # Keep only the inodes still held by some backup, so the cache cannot grow forever.
     live = set(entries)
     for data in path.parent.glob(f"*/{DATA}"):
+        if data.parent.is_symlink():
+            continue
         for item in data.iterdir():
             with contextlib.suppress(OSError):
-                st = item.stat()
+                st = item.lstat()
                 live.add(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
     merged = {k: v for k, v in {**_read_cache(path), **entries}.items() if k in live}
     with contextlib.suppress(OSError):
         write_json_atomic(path, merged)
 
 
+_TEMPORARY = re.compile(r"^\.tmp-\d{8}T\d{6}Z(-\d{2,})?(\.tar\.gz)?-(\d+)$")
+
+
 def sweep_temporary(root: Path) -> list[Path]:
-    """Remove temporary directories left by backups whose process has died."""
+    """Remove temporary entries left by backups whose process has died: only names this
+    tool makes (`.tmp-<backup id>-<pid>`), never another program's."""
     removed = []
     for item in root.glob(".tmp-*"):
-        pid = item.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and process_alive(int(pid)):
+        match = _TEMPORARY.match(item.name)
+        if match is None or process_alive(int(match.group(3))):
             continue
-        shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
         removed.append(item)
     return removed
 
@@ -441,29 +512,14 @@ def process_alive(pid: int) -> bool:
 # --- reading ------------------------------------------------------------------------
 
 
-def list_backups(
-    db_path: str | Path | None = None, *, backup_dir: str | Path | None = None
-) -> list[BackupInfo]:
-    """Return the valid backups in the backup directory, oldest first."""
-    if db_path is None and backup_dir is None:
-        raise ValueError("give db_path or backup_dir")
-    root = backup_dir_for(db_path or "", backup_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for item in sorted(root.iterdir()):
-        if item.name.startswith("."):
-            continue
-        try:
-            found.append(load_backup(item))
-        except BackupError:
-            continue  # a directory without valid metadata is not a backup
-    found.sort(key=lambda b: (b.created_at, b.id))
-    return found
-
-
 def load_backup(path: Path) -> BackupInfo:
-    """Return the BackupInfo of a backup directory or archive; raise NotABackup."""
+    """Return the BackupInfo of a backup directory or archive; raise NotABackup.
+
+    A symlink is refused: a backup is a directory or file of its own, and nothing read
+    through it is trusted to stay where it belongs.
+    """
+    if path.is_symlink():
+        raise NotABackup(str(path), "it is a symlink")
     if path.is_file():
         from pebble_migrate.archive import read_archive_info
 
@@ -471,7 +527,7 @@ def load_backup(path: Path) -> BackupInfo:
     meta = path / META
     if not path.is_dir():
         raise NotABackup(str(path), "no such file or directory")
-    if not meta.is_file():
+    if meta.is_symlink() or not meta.is_file():
         raise NotABackup(str(path), f"it has no {META}")
     try:
         data = json.loads(meta.read_text())
@@ -480,8 +536,13 @@ def load_backup(path: Path) -> BackupInfo:
     return decode_info(data, path, str(path))
 
 
-def verify_backup(info: BackupInfo, data_dir: Path | None = None) -> None:
-    """Raise BackupCorrupt unless every recorded file is present with its size and checksum.
+_LEFT_BY_OPENS = re.compile(r"^(LOCK|LOG|LOG\.old\.\d+)$")
+
+
+def verify_backup(info: BackupInfo, data_dir: Path | None = None, *, tables: bool = True) -> None:
+    """Raise BackupCorrupt unless the backup holds exactly its recorded files, each a
+    regular file (no symlink, device or directory in its place) with its recorded size
+    and SHA-256, and, with `tables`, unless RocksDB reads every table file intact.
 
     An archive is read through once, its files hashed as they stream by.
     """
@@ -491,136 +552,58 @@ def verify_backup(info: BackupInfo, data_dir: Path | None = None) -> None:
         verify_archive(info)
         return
     folder = data_dir or info.path / DATA
+    if data_dir is None and (info.path.is_symlink() or folder.is_symlink()):
+        raise BackupCorrupt(info.id, DATA, "is a symlink")
+    if not folder.is_dir():
+        raise BackupCorrupt(info.id, DATA, "is missing")
     recorded = {f.name: f for f in info.files}
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    present = _regular_files(info.id, folder)
     for name in sorted(recorded):
         expected = recorded[name]
-        path = folder / name
-        if name not in present:
+        size = present.get(name)
+        if size is None:
             raise BackupCorrupt(info.id, name, "is missing")
-        size = path.stat().st_size
         if size != expected.size:
             raise BackupCorrupt(info.id, name, f"has {size} bytes, {expected.size} recorded")
-        if sha256_of(path) != expected.sha256:
+        if sha256_of(folder / name) != expected.sha256:
             raise BackupCorrupt(info.id, name, "does not match its recorded checksum")
-    extra = sorted(present - set(recorded) - {"LOCK", "LOG", "rocksdict-config.json"})
-    extra = [name for name in extra if not name.startswith("LOG.old")]
+    extra = sorted(n for n in set(present) - set(recorded) if not _LEFT_BY_OPENS.match(n))
     if extra:
         raise BackupCorrupt(info.id, extra[0], "is not part of the backup")
+    if tables:
+        damage = integrity.check_tables(folder)
+        if damage is not None:
+            detail = damage.detail.split(": ", 1)[-1]
+            what = damage.file or "its database"
+            raise BackupCorrupt(info.id, what, f"is damaged ({detail})")
 
 
-# --- cleanup ------------------------------------------------------------------------
-
-
-@dataclass
-class CleanupResult:
-    """What cleanup removed (or would remove), and what it kept on purpose."""
-
-    removed: list[BackupInfo]
-    protected: list[BackupInfo]
-    kept: list[BackupInfo]
-
-
-def select_for_cleanup(
-    backups: list[BackupInfo],
-    *,
-    older_than: timedelta | None,
-    keep: int | None,
-    last_migration_at: datetime | None,
-    force: bool,
-    now: datetime,
-) -> CleanupResult:
-    """Decide which backups go: older than the age (if given) and not among the newest
-    `keep` (if given). Unless `force`, the newest backup, and the newest one taken before
-    the last migration (the one that undoes it), always stay."""
-    if older_than is None and keep is None:
-        raise ValueError("give older_than, keep, or both")
-    ordered = sorted(backups, key=lambda b: (b.created_at, b.id))
-    newest_n = {b.id for b in ordered[max(0, len(ordered) - keep) :]} if keep else set()
-    guarded: set[str] = set()
-    if not force and ordered:
-        guarded.add(ordered[-1].id)
-        if last_migration_at is not None:
-            before = [b for b in ordered if b.created_at <= last_migration_at]
-            if before:
-                guarded.add(before[-1].id)
-    removed, protected, kept = [], [], []
-    for b in ordered:
-        old = older_than is None or now - b.created_at > older_than
-        wanted_gone = old and b.id not in newest_n
-        if wanted_gone and b.id in guarded:
-            protected.append(b)
-        elif wanted_gone:
-            removed.append(b)
-        else:
-            kept.append(b)
-    return CleanupResult(removed, protected, kept)
-
-
-def cleanup_backups(
-    db_path: str | Path,
-    *,
-    backup_dir: str | Path | None = None,
-    older_than: timedelta | None = None,
-    keep: int | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    now: datetime | None = None,
-) -> CleanupResult:
-    """Remove old backups by age and/or count; see `select_for_cleanup` for the rule."""
-    root = backup_dir_for(db_path, backup_dir)
-    if root.is_dir() and not dry_run:
-        sweep_temporary(root)
-    result = select_for_cleanup(
-        list_backups(db_path, backup_dir=backup_dir),
-        older_than=older_than,
-        keep=keep,
-        last_migration_at=_last_migration_at(Path(db_path)),
-        force=force,
-        now=now or utc_now(),
-    )
-    if not dry_run:
-        for b in result.removed:
-            remove_backup(b)
-    return result
-
-
-def apply_retention(
-    db_path: str | Path,
-    *,
-    backup_dir: str | Path | None,
-    keep: int | None,
-    older_than: timedelta | None,
-    last_migration_at: datetime | None,
-) -> list[BackupInfo]:
-    """Apply the configured retention after an automatic backup; return what it removed."""
-    result = select_for_cleanup(
-        list_backups(db_path, backup_dir=backup_dir),
-        older_than=older_than,
-        keep=keep,
-        last_migration_at=last_migration_at,
-        force=False,
-        now=utc_now(),
-    )
-    for b in result.removed:
-        remove_backup(b)
-    return result.removed
-
-
-def _last_migration_at(db_path: Path) -> datetime | None:
-    try:
-        db = store.open_database(db_path, read_only=True)
-    except MigrateError:
-        return None
-    try:
-        with StateStore(db, str(db_path)) as states:
-            return states.read().last_migration_at
-    finally:
-        db.close()
+def _regular_files(backup_id: str, folder: Path) -> dict[str, int]:
+    """Return every file under `folder` (relative name -> size), walking without following
+    links; raise BackupCorrupt for anything that is not a regular file or directory."""
+    found: dict[str, int] = {}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        for entry in os.scandir(current):
+            name = os.path.relpath(entry.path, folder)
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(Path(entry.path))
+            elif stat.S_ISREG(st.st_mode):
+                found[name] = st.st_size
+            else:
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                raise BackupCorrupt(backup_id, name, f"is {kind}")
+    return found
 
 
 def remove_backup(info: BackupInfo) -> None:
-    """Delete a backup: first its metadata (so a half-deleted one is no backup), then data."""
+    """Delete a backup: first its metadata (so a half-deleted one is no backup), then data.
+
+    A symlink is never followed: a backup reached through one is not removed."""
+    if info.path.is_symlink():
+        raise BackupError(f"{info.path} is a symlink; pebble-migrate removes only its own files.")
     if info.archive:
         info.path.unlink(missing_ok=True)
         return
@@ -647,7 +630,47 @@ def encode_info(info: BackupInfo) -> dict[str, Any]:
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in info.files],
         "partial": dict(info.partial),
         "applied": None if info.applied is None else list(info.applied),
+        "mode": info.mode,
+        "tables_checked": info.tables_checked,
     }
+
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_TOP_NAME = re.compile(
+    r"^(CURRENT|IDENTITY|MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob)|rocksdict-config\.json)$"
+)
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _file(entry: Any) -> BackupFile:
+    """Return one recorded file, refusing names that could point anywhere but inside the
+    backup: only RocksDB's file names, and the scans' views under `.pebble-migrate/scans`."""
+    name, size, digest = entry["name"], entry["size"], entry["sha256"]
+    if not isinstance(name, str) or not _safe_name(name):
+        raise ValueError(f"file name {name!r:.80} is not one a backup holds")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**50:
+        raise ValueError(f"size of {name} is {size!r:.40}")
+    if not isinstance(digest, str) or not _SHA.match(digest):
+        raise ValueError(f"sha256 of {name} is {digest!r:.80}")
+    return BackupFile(name, size, digest)
+
+
+def _safe_name(name: str) -> bool:
+    parts = name.split("/")
+    if len(parts) == 1:
+        return bool(_TOP_NAME.match(name))
+    return (
+        len(parts) == 5
+        and parts[:2] == [".pebble-migrate", "scans"]
+        and all(_SAFE_PART.match(p) and p not in (".", "..") for p in parts[2:])
+        and bool(_TOP_NAME.match(parts[4]))
+    )
+
+
+def _mode(value: Any) -> str:
+    if value not in ("link", "copy", "reflink"):
+        raise ValueError(f"unknown mode {value!r:.40}")
+    return str(value)
 
 
 def _text_map(value: Any) -> dict[str, str]:
@@ -683,12 +706,12 @@ def decode_info(data: Any, path: Path, what: str, *, archive: bool = False) -> B
             version=int(data["version"]),
             status=str(data["status"]),
             trigger=data["trigger"],
-            files=tuple(
-                BackupFile(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in data["files"]
-            ),
+            files=tuple(_file(f) for f in data["files"]),
             archive=archive,
             partial=_text_map(data.get("partial")),
             applied=_ids(data.get("applied")),
+            mode=_mode(data.get("mode", "link")),
+            tables_checked=data.get("tables_checked") is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotABackup(what, f"{META} is malformed ({type(exc).__name__}: {exc})") from None

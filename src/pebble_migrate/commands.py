@@ -76,7 +76,7 @@ class Session:
         """Release every handle and close the database (errors ignored when `quiet`)."""
         self.states.release()
         try:
-            self.db.close()
+            store.close_database(self.db)
         except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
             if not quiet:
                 raise store.translate(exc, self.path) from None

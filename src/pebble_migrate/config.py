@@ -9,7 +9,15 @@ from typing import Any
 
 from pebble_migrate.errors import UsageError
 
-KNOWN_KEYS = {"database", "migrations", "backup-dir", "backup-keep", "backup-older-than"}
+KNOWN_KEYS = {
+    "database",
+    "migrations",
+    "backup-dir",
+    "backup-keep",
+    "backup-older-than",
+    "backup-mode",
+}
+BACKUP_MODES = ("link", "copy")
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class ProjectConfig:
     backup_dir: str | None = None
     backup_keep: int | None = None
     backup_older_than: str | None = None
+    backup_mode: str | None = None
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -78,8 +87,14 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
     older = table.get("backup-older-than")
     if older is not None and not isinstance(older, str):
         raise UsageError(f'{path}: [tool.pebble-migrate] backup-older-than must be like "30d"')
+    mode = table.get("backup-mode")
+    if mode is not None and mode not in BACKUP_MODES:
+        raise UsageError(
+            f'{path}: [tool.pebble-migrate] backup-mode must be "link" or "copy", not {mode!r:.40}'
+        )
     return ProjectConfig(
         source=path,
+        backup_mode=mode,
         database=where("database"),
         migrations=where("migrations"),
         backup_dir=where("backup-dir"),

@@ -83,8 +83,10 @@ class MigrationContext:
         run: Run | None,
         record: RunRecord | None = None,
         logger: logging.Logger | None = None,
+        where: str | None = None,
     ) -> None:
         self.migration = migration
+        self._where = where or str(db.path())
         self.log = logger or logging.getLogger("pebble_migrate.migration")
         self._rdict = db
         self._run = run
@@ -153,7 +155,7 @@ class MigrationContext:
         except Exception as exc:
             if isinstance(exc, TypeError | KeyError):
                 raise  # a key of the wrong type: the migration's own mistake, as in rocksdict
-            raise self._noted(store.translate(exc, str(self._rdict.path()))) from None
+            raise self._noted(store.translate(exc, self._where)) from None
 
     def _writable(self) -> rocksdict.WriteBatch:
         if self._run is None:
@@ -272,7 +274,7 @@ class MigrationContext:
     def _snapshot_scan(self, start: Any, end: Any) -> Generator[tuple[Any, Any], None, None]:
         snapshot = self._rdict.snapshot()
         try:
-            yield from store.checked_items(snapshot, str(self._rdict.path()), start=start, end=end)
+            yield from store.checked_items(snapshot, self._where, start=start, end=end)
         finally:
             del snapshot
 
@@ -395,7 +397,7 @@ class MigrationContext:
             del items
             if counter is not None:
                 counter.close()
-            view.close()
+            store.close_database(view)
 
     def _end_chunk(self, cursor: ScanCursor, prev: Any, done: int) -> None:
         """Commit the chunk that ends with key `prev`; stop here if a signal came."""
@@ -513,7 +515,9 @@ class MigrationContext:
         self._rdict = None  # type: ignore[assignment]
 
 
-def validation_problems(db: rocksdict.Rdict, migration: Migration) -> list[str]:
+def validation_problems(
+    db: rocksdict.Rdict, migration: Migration, where: str | None = None
+) -> list[str]:
     """Run `migration.validate` over `db` (read-only); return its problems (none: valid).
 
     `validate` reports failure by returning False or a non-empty list of problems, or by
@@ -521,7 +525,7 @@ def validation_problems(db: rocksdict.Rdict, migration: Migration) -> list[str]:
     """
     if migration.validate is None:
         return []
-    ctx = MigrationContext(db, migration, run=None)
+    ctx = MigrationContext(db, migration, run=None, where=where)
     try:
         result = migration.validate(ctx)
     except MigrateError as exc:

@@ -217,13 +217,13 @@ class Executor:
                         self.db_path, step.id, action, cursor.name, cursor.token, self.database_id
                     )
                 except views.ViewMissing as exc:
-                    from pebble_migrate.backup import resume_impossible_hint
+                    from pebble_migrate.catalog import resume_impossible_hint
 
                     exc.hint = resume_impossible_hint(
                         self.db_path, self.backup_dir, step.id, self.cli_name, self.database_id
                     )
                     raise
-                view.close()
+                store.close_database(view)
 
     def run(self, plan: Plan) -> RunReport:
         """Run every step of `plan` in order; raise on the first failure or a signal.
@@ -256,7 +256,14 @@ class Executor:
         resumed = record.describe() if record is not None and record.scans else None
         clock = _Clock()
         record = self._begin(step, record, resumed)
-        ctx = MigrationContext(self.db, step.migration, run=self, record=record, logger=self.logger)
+        ctx = MigrationContext(
+            self.db,
+            step.migration,
+            run=self,
+            record=record,
+            logger=self.logger,
+            where=str(self.db_path),
+        )
         if step.action == "rollback":
             ctx.partial = record.partial
         try:
@@ -388,7 +395,7 @@ class Executor:
             return
         ctx.commit_work()
         kill_point("final-before-validate")
-        problems = validation_problems(self.db, step.migration)
+        problems = validation_problems(self.db, step.migration, str(self.db_path))
         if problems:
             raise ValidationFailed(problems, migration_id=step.id, cli=self.cli_name)
 
@@ -530,7 +537,7 @@ class Executor:
         )
 
     def _code_changed_hint(self, step: Step) -> str:
-        from pebble_migrate.backup import resume_impossible_hint
+        from pebble_migrate.catalog import resume_impossible_hint
 
         cli = self.cli_name
         way_out = resume_impossible_hint(

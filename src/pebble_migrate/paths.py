@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -9,6 +10,9 @@ WORK_DIR = ".pebble-migrate"
 """The directory inside the database that holds pebble-migrate's working files (the scans'
 frozen views, the disk-full ballast). Inside, so a copy, a move or a backup of the
 database carries them, and no two databases can ever share them."""
+
+NAME_MAX = 255
+"""The longest file name the filesystems we run on accept (ext4, xfs, btrfs, tmpfs)."""
 
 
 def resolve_database(path: str | Path) -> Path:
@@ -27,6 +31,24 @@ def work_dir(db_path: Path) -> Path:
     return db_path / WORK_DIR
 
 
+def stem(db_path: Path, room: int) -> str:
+    """Return the database's name, or, when it leaves fewer than `room` bytes of a file
+    name, the name cut short with an 8-digit hash of the whole name (unique and stable)."""
+    name = db_path.name
+    if len(os.fsencode(name)) + room <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    cut = os.fsencode(name)[: max(NAME_MAX - room - 9, 1)].decode(errors="ignore")
+    return f"{cut}~{digest}"
+
+
+def sibling(db_path: Path, suffix: str, *, prefix: str = "", room: int = 0) -> Path:
+    """Return `<prefix><name><suffix>` beside the database, the name shortened (see `stem`)
+    when the whole would not fit in a file name (`room`: at least that much is kept free)."""
+    need = max(room, len(os.fsencode(prefix + suffix)))
+    return db_path.parent / f"{prefix}{stem(db_path, need)}{suffix}"
+
+
 def default_backup_dir(db_path: Path) -> Path:
     """Return `<db>.backups`, beside the (resolved) database directory."""
-    return db_path.parent / f"{db_path.name}.backups"
+    return sibling(db_path, ".backups")

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from pebble_migrate.backup import (
     same_filesystem,
     verify_backup,
 )
-from pebble_migrate.durable import copy_durably, exchange, fsync_dir, write_json_atomic
+from pebble_migrate.durable import exchange, fsync_dir, write_json_atomic
 from pebble_migrate.errors import (
     DatabaseInUse,
     DatabaseNotFound,
@@ -45,7 +46,7 @@ from pebble_migrate.errors import (
     NotADatabase,
 )
 from pebble_migrate.faults import kill_point
-from pebble_migrate.paths import resolve_database
+from pebble_migrate.paths import resolve_database, stem
 from pebble_migrate.state import State, StateStore
 from pebble_migrate.units import utc_now
 
@@ -93,7 +94,8 @@ def resolve(source: str, db_path: str | Path, backup_dir: str | Path | None = No
     """Return the backup a user named: a backup directory, an archive, or an id."""
     path = Path(source)
     if path.exists():
-        return load_backup(path)
+        # A path the operator typed may go through a symlink; what is inside it may not.
+        return load_backup(Path(os.path.realpath(path)))
     root = backup_dir_for(db_path, backup_dir)
     if "/" not in source and source not in ("", ".", ".."):
         for candidate in (root / source, root / f"{source}{ARCHIVE_SUFFIX}"):
@@ -124,13 +126,17 @@ def restore_backup(
     recovered = recover(dest)
     info = source if isinstance(source, BackupInfo) else resolve(source, dest, backup_dir)
     current = _inspect_target(dest)
-    if current.state is not None and not other_database:
-        _check_same_database(info, current.state)
+    ours = current.state.database_id if current.state is not None else None
+    if ours is not None and not other_database:
+        _check_same_database(info, ours)
     kill_point("restore-checked")
     with _locked(dest):
         _check_space(info, dest)
-        if not info.archive:
-            verify_backup(info)  # an archive is verified file by file as it is extracted
+        # Sums that match prove these are the bytes RocksDB checked when the backup was
+        # made; a backup made before that check existed is checked now. An archive is read
+        # through first (headers and sums, writing nothing), so a member that is not
+        # recorded, or larger than recorded, is refused before a byte is extracted.
+        verify_backup(info, tables=not info.tables_checked)
         kill_point("restore-verified")
         if not confirm(_question(info, dest, current)):
             from pebble_migrate.commands import Aborted
@@ -138,8 +144,10 @@ def restore_backup(
             raise Aborted()
         staging = _staging_path(dest)
         try:
-            _build(info, staging)
+            _build(info, staging, _file_mode(dest))
             state = _open_check(staging, info)
+            if ours is not None and not other_database and state.database_id != ours:
+                raise OtherDatabase(info.id, state.database_id or "unknown", ours)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise disk_error(exc, dest.parent, _needed(info, dest)) from None
@@ -176,12 +184,14 @@ def _inspect_target(dest: Path) -> _Target:
     except MigrateError as exc:
         return _Target(replacing=True, state=None, damaged=exc.message)
     finally:
-        db.close()
+        store.close_database(db)
 
 
-def _check_same_database(info: BackupInfo, current: State) -> None:
-    if info.database_id and current.database_id and info.database_id != current.database_id:
-        raise OtherDatabase(info.id, info.database_id, current.database_id)
+def _check_same_database(info: BackupInfo, ours: str) -> None:
+    """Refuse early a backup whose metadata names another database. One that names none
+    is judged after it is built, by the database id in its own state."""
+    if info.database_id is not None and info.database_id != ours:
+        raise OtherDatabase(info.id, info.database_id, ours)
 
 
 def _question(info: BackupInfo, dest: Path, current: _Target) -> str:
@@ -272,35 +282,76 @@ def _check_space(info: BackupInfo, dest: Path) -> None:
         raise InsufficientSpace(str(dest.parent), free, needed, f"restoring backup {info.id}")
 
 
+_ROOM = 40  # the longest name derived below: `..<stem>.restore-journal.json.<pid>.tmp`
+
+
+def _stem(dest: Path) -> str:
+    return stem(dest, _ROOM)
+
+
 def _staging_path(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.restore-{os.getpid()}"
+    return dest.parent / f".{_stem(dest)}.restore-{os.getpid()}"
 
 
 def _journal_path(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.restore-journal.json"
+    return dest.parent / f".{_stem(dest)}.restore-journal.json"
 
 
-def _build(info: BackupInfo, staging: Path) -> None:
-    """Build the restored copy: table files hard-linked (immutable), the rest copied."""
+def _file_mode(dest: Path) -> int:
+    """Return the permission bits of the database's own files (its CURRENT), the widest
+    that a restored file may get."""
+    try:
+        return stat.S_IMODE((dest / "CURRENT").stat().st_mode) & 0o666
+    except OSError:
+        return 0o644
+
+
+def _build(info: BackupInfo, staging: Path, mode: int) -> None:
+    """Build the restored copy: table files hard-linked (immutable), the rest copied as
+    regular files whose permissions are never wider than the source's or the database's
+    own (`mode`)."""
     staging.parent.mkdir(parents=True, exist_ok=True)
-    if staging.exists():
+    if os.path.lexists(staging):
         shutil.rmtree(staging)
     if info.archive:
         from pebble_migrate.archive import extract_archive
 
-        extract_archive(info, staging)
+        extract_archive(info, staging, mode)
     else:
-        staging.mkdir()
+        staging.mkdir(mode=dir_mode(mode))
         link = same_filesystem(info.path, staging)
         for f in info.files:
             source, target = info.path / DATA / f.name, staging / f.name
             target.parent.mkdir(parents=True, exist_ok=True)
             if not (link and f.name.endswith(_IMMUTABLE) and _linked(source, target)):
-                copy_durably(source, target)
+                _copy_regular(source, target, mode)
             kill_point("restore-file")
     fsync_dir(staging)
     fsync_dir(staging.parent)
     kill_point("restore-built")
+
+
+def dir_mode(file_mode: int) -> int:
+    """Return the mode for a directory of files with `file_mode` (searchable where read)."""
+    readable = file_mode & 0o044
+    return 0o700 | readable | (readable >> 2)
+
+
+def _copy_regular(source: Path, target: Path, mode: int) -> None:
+    """Copy a regular file (never through a link) with permissions no wider than its own
+    and `mode`, and fsync it."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BackupError(f"{source} is not a regular file; nothing was changed.")
+        out_fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(st.st_mode) & mode
+        )
+        with os.fdopen(out_fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def _linked(source: Path, target: Path) -> bool:
@@ -327,7 +378,7 @@ def _open_check(staging: Path, info: BackupInfo) -> State:
         with StateStore(db, str(staging)) as states:
             state = states.read()
     finally:
-        db.close()
+        store.close_database(db)
     kill_point("restore-opened")
     return state
 
@@ -337,11 +388,20 @@ def _open_check(staging: Path, info: BackupInfo) -> State:
 
 def _keep_name(dest: Path) -> Path:
     stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
-    candidate, n = dest.parent / f"{dest.name}.pre-restore-{stamp}", 1
-    while candidate.exists():
+    base = f"{_stem(dest)}{KEPT_INFIX}{stamp}"
+    candidate, n = dest.parent / base, 1
+    while os.path.lexists(candidate):
         n += 1
-        candidate = dest.parent / f"{dest.name}.pre-restore-{stamp}-{n:02d}"
+        candidate = dest.parent / f"{base}-{n:02d}"
     return candidate
+
+
+KEPT_INFIX = ".pre-restore-"
+
+
+def kept_pattern(dest: Path) -> re.Pattern[str]:
+    """Return the pattern of the names under which restores kept replaced databases."""
+    return re.compile(rf"^{re.escape(_stem(dest) + KEPT_INFIX)}(\d{{8}}T\d{{6}}Z)(-\d{{2,}})?$")
 
 
 def _moved_aside(record: dict[str, Any]) -> Path:
@@ -476,7 +536,7 @@ def _sweep_orphans(dest: Path) -> None:
     """Remove staging copies and journal temp files left by dead restore processes."""
     if not dest.parent.is_dir():
         return
-    name = re.escape(dest.name)
+    name = re.escape(_stem(dest))
     staging = re.compile(rf"^\.{name}\.restore-(\d+)(-old)?$")
     temp = re.compile(rf"^\.\.{name}\.restore-journal\.json\.(\d+)\.tmp$")
     for item in dest.parent.iterdir():

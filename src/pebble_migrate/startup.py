@@ -15,6 +15,7 @@ from pebble_migrate import plan as planner
 from pebble_migrate import restore, store, transitions
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.errors import (
+    MigrateError,
     MigrationInterrupted,
     NotCleanError,
     PendingMigrations,
@@ -48,6 +49,7 @@ class StartupOptions:
     chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     handle_signals: bool = True
     validate_after_apply: bool = True
+    backup_mode: str = "link"
 
 
 def default_startup_options() -> StartupOptions:
@@ -70,6 +72,13 @@ def check_and_run_startup_migrations(
     """
     try:
         return _check_and_run(db, db_path, opts)
+    except MigrateError as exc:
+        release_frames(exc)
+        from pebble_migrate.catalog import explain_damage
+
+        chosen = opts or default_startup_options()
+        explain_damage(exc, db_path, chosen.backup_dir, chosen.cli_name)
+        raise
     except BaseException as exc:
         release_frames(exc)
         raise
@@ -194,7 +203,7 @@ def _backup(
     plan: planner.Plan,
     opts: StartupOptions,
 ) -> None:
-    from pebble_migrate import backup
+    from pebble_migrate import backup, catalog
 
     info = backup.create_backup_of_open(
         db,
@@ -202,10 +211,11 @@ def _backup(
         backup_dir=opts.backup_dir,
         description=backup.describe_trigger(plan),
         trigger=plan.ids[0],
+        mode=opts.backup_mode,
     )
     opts.logger.info("backup %s taken at %s", info.id, info.path)
     if opts.backup_keep is not None or opts.backup_older_than is not None:
-        removed = backup.apply_retention(
+        removed = catalog.apply_retention(
             db_path,
             backup_dir=opts.backup_dir,
             keep=opts.backup_keep,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,12 +65,118 @@ def open_database(path: str | Path, *, read_only: bool, create: bool = False) ->
             where, lambda: rocksdict.Rdict(str(where), rocksdict.Options(raw_mode=True))
         )
     check_database_dir(where)
-    access = (
-        rocksdict.AccessType.read_only(False) if read_only else rocksdict.AccessType.read_write()
-    )
+    if read_only:
+        return _open_read_only(where)
     # No Options: rocksdict then loads the database's own options, column families and
     # raw/pickle mode, so databases written by other programs open unchanged.
+    access = rocksdict.AccessType.read_write()
     return _guarded(where, lambda: rocksdict.Rdict(str(where), access_type=access))
+
+
+def close_database(db: rocksdict.Rdict) -> None:
+    """Close a database opened by `open_database`, and remove its read-only shadow."""
+    path = Path(str(db.path()))
+    try:
+        db.close()
+    finally:
+        if _is_shadow(path):
+            _SHADOWS.pop(str(path), None)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- read-only opens that write nothing -------------------------------------------
+
+# rocksdict rewrites `rocksdict-config.json` (O_TRUNC) on every open, read-only ones too,
+# which fails on a read-only volume and touches a database that a health check should
+# only look at. So a read-only open goes through a shadow: a temporary directory of
+# symlinks to the database's own RocksDB files (regular files only), with a copy of the
+# config. RocksDB reads the real files through the links; rocksdict writes its config
+# into the shadow, which is removed when the database is closed.
+
+_SHADOW_PREFIX = "pebble-migrate-ro-"
+_SHADOWED = re.compile(r"^(CURRENT|IDENTITY|MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob))$")
+_CONFIG = "rocksdict-config.json"
+_RETRIES = 3  # a writer may replace MANIFEST or delete a file between listing and opening
+
+
+_SHADOWS: dict[str, str] = {}
+"""Shadow directory -> the database it shows, to name the real files in RocksDB's errors."""
+
+
+def _real_paths(text: str) -> str:
+    for shadow, real in _SHADOWS.items():
+        text = text.replace(shadow, real)
+    return text
+
+
+def _open_read_only(where: Path) -> rocksdict.Rdict:
+    _sweep_shadows()
+    access = rocksdict.AccessType.read_only(False)
+    for attempt in range(_RETRIES):
+        shadow = _shadow_of(where)
+
+        def opener(at: Path = shadow) -> rocksdict.Rdict:
+            return rocksdict.Rdict(str(at), access_type=access)
+
+        _SHADOWS[str(shadow)] = os.path.realpath(where)
+        try:
+            return _guarded(where, opener)
+        except MigrateError as exc:
+            _SHADOWS.pop(str(shadow), None)
+            shutil.rmtree(shadow, ignore_errors=True)
+            if attempt == _RETRIES - 1 or "No such file" not in exc.message:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _shadow_of(where: Path) -> Path:
+    """Return a new shadow directory of `where` (symlinks to its RocksDB files)."""
+    shadow = Path(tempfile.mkdtemp(prefix=f"{_SHADOW_PREFIX}{os.getpid()}-"))
+    real = os.path.realpath(where)
+    try:
+        for entry in os.scandir(real):
+            if entry.is_file(follow_symlinks=False) and _SHADOWED.match(entry.name):
+                os.symlink(os.path.join(real, entry.name), shadow / entry.name)
+        config = where / _CONFIG
+        if config.is_file() and not config.is_symlink():
+            shutil.copyfile(config, shadow / _CONFIG)
+    except OSError as exc:
+        shutil.rmtree(shadow, ignore_errors=True)
+        raise StorageError(
+            f"cannot prepare a read-only view of {where} in {shadow.parent}: {exc.strerror}.",
+            hint="A read-only open needs a little room in the temporary directory "
+            "($TMPDIR); nothing was changed.",
+        ) from None
+    return shadow
+
+
+def _is_shadow(path: Path) -> bool:
+    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith(_SHADOW_PREFIX)
+
+
+def _sweep_shadows() -> None:
+    """Remove shadows left by processes that are gone (this one's go when they close)."""
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(root.glob(f"{_SHADOW_PREFIX}*"))
+    except OSError:
+        return
+    for item in entries:
+        pid = item.name.removeprefix(_SHADOW_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _guarded(path: Path, opener: Callable[[], rocksdict.Rdict]) -> rocksdict.Rdict:
@@ -83,7 +191,7 @@ def translate(exc: BaseException, path: str | Path, *, needed: int | None = None
     """Return our error for an exception raised by rocksdict."""
     if isinstance(exc, MigrateError):
         return exc
-    text = str(exc)
+    text = _real_paths(str(exc))
     where = str(path)
     if "LOCK" in text and ("lock" in text.lower()) and "IO error" in text:
         return DatabaseInUse(where)

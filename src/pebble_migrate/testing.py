@@ -31,7 +31,7 @@ def create_database(
         db.write(batch)
         del batch
     finally:
-        db.close()
+        store.close_database(db)
     return where
 
 
@@ -55,7 +55,7 @@ def contents(path: str | Path, *, state: bool = False) -> Contents:
                 del cf
         return result
     finally:
-        db.close()
+        store.close_database(db)
 
 
 def apply_migrations(path: str | Path, registry: Registry, target: str | None = None) -> None:

@@ -51,7 +51,7 @@ def validate(db_path: str | Path, registry: Registry) -> ValidationReport:
         checks.extend(_state_checks(state, migrations, records, seen))
         by_id = {m.id: m for m in migrations}
         for m in (by_id[mid] for mid in _applied_in_order(migrations, state)):
-            checks.append(_run_validate(db, m))
+            checks.append(_run_validate(db, m, str(session.path)))
     return ValidationReport(checks)
 
 
@@ -123,6 +123,6 @@ def _state_checks(
     return checks
 
 
-def _run_validate(db: rocksdict.Rdict, migration: Migration) -> Check:
-    problems = validation_problems(db, migration)
+def _run_validate(db: rocksdict.Rdict, migration: Migration, where: str) -> Check:
+    problems = validation_problems(db, migration, where)
     return Check(f"validate {migration.id}", not problems, "; ".join(problems) or "ok")

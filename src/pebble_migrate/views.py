@@ -84,13 +84,13 @@ def open_view(
     try:
         found, owner = _identity(view, path, migration_id, action, scan)
     except MigrateError as exc:
-        view.close()
+        store.close_database(view)
         raise ViewMissing(migration_id, scan, f"it cannot be read: {exc.message}") from None
     except BaseException:
-        view.close()
+        store.close_database(view)
         raise
     if found != token or owner != database_id:
-        view.close()
+        store.close_database(view)
         raise ViewMissing(migration_id, scan, "it belongs to another run or another database")
     return view, path
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from pebble_migrate.backup import BackupInfo, create_backup, list_backups
+from pebble_migrate.backup import BackupInfo, create_backup
+from pebble_migrate.catalog import list_backups
 from pebble_migrate.testing import contents
 from tests.conftest import Invoke, snapshot, tmpfs, write_migration
 from tests.test_backup import (
@@ -275,12 +276,14 @@ def test_list_table(invoke: Invoke, db: Path, clock: Clock) -> None:
 
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["id", "created", "(UTC)", "age", "version", "size", "description"]
+    header = ["id", "created", "(UTC)", "age", "version", "size", "mode", "description"]
+    assert lines[0].split() == header
     assert first.id in lines[1]
     assert "2024-02-27 12:00:00" in lines[1]
     assert " 3d " in lines[1]
+    assert " link, shares files " in lines[1]
     assert lines[1].rstrip().endswith("nightly")
-    assert f"{second.id} (archive)" in lines[2]
+    assert second.id in lines[2] and " archive " in lines[2]
     assert " 5h " in lines[2]
     assert lines[2].rstrip().endswith("to ship")
     assert len(lines) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -9,7 +10,7 @@ from typing import Any
 
 import click
 
-from pebble_migrate.cli.options import global_options, settings
+from pebble_migrate.cli.options import Settings, global_options, settings
 from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import EXIT_SIGINT, MigrateError
 
@@ -22,8 +23,18 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MigrateError as exc:
             s = settings()
+            _name_the_backups_that_repair(exc, s)
             Renderer(json_mode=s.json, verbose=s.verbose).error(exc)
             ctx.exit(exc.exit_code)
+
+
+def _name_the_backups_that_repair(exc: MigrateError, s: Settings) -> None:
+    """Point a corruption error at the backups that do not share the damaged file."""
+    from pebble_migrate.catalog import explain_damage
+
+    # No database named, or a bad setting: the error stands as it is.
+    with contextlib.suppress(MigrateError):
+        explain_damage(exc, s.database_path(), s.backups(), "pebble-migrate")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,11 +9,10 @@ from pathlib import Path
 import click
 import rocksdict
 from rich.markup import escape
-from rich.table import Table
 
 from pebble_migrate import backup as backups
+from pebble_migrate import catalog, store
 from pebble_migrate import restore as restoring
-from pebble_migrate import store
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
@@ -29,7 +28,7 @@ from pebble_migrate.events import Event
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import State
-from pebble_migrate.units import format_age, format_bytes, format_time, parse_age, utc_now
+from pebble_migrate.units import format_bytes, parse_age
 
 
 @cli.group()
@@ -42,10 +41,22 @@ def backup() -> None:
 @global_options
 @click.argument("description", required=False, default="manual backup")
 @click.option("--compress", is_flag=True, help="Write one portable .tar.gz archive instead.")
-def create_cmd(description: str, compress: bool) -> None:
-    """Back up the database now (it must not be open in another process)."""
+@click.option(
+    "--copy",
+    "copy",
+    is_flag=True,
+    help="Copy the files (reflinks where the filesystem can) instead of hard-linking them: "
+    "survives damage to the live database's files.",
+)
+def create_cmd(description: str, compress: bool, copy: bool) -> None:
+    """Back up the database now (it must not be open in another process).
+
+    By default the backup hard-links the table files (free to take, but it shares them
+    with the live database); --copy makes independent files; --compress one archive.
+    """
     s = settings()
     out = renderer(s)
+    mode = "copy" if copy else s.backup_mode()
     if s.dry_run:
         database = resolve_database(s.database_path())
         store.check_database_dir(database)
@@ -56,18 +67,24 @@ def create_cmd(description: str, compress: bool) -> None:
                     "would_back_up": str(database),
                     "backup_dir": str(where),
                     "compress": compress,
+                    "mode": mode,
                     "dry_run": True,
                 }
             )
         else:
+            how = " as one archive" if compress else (" as a copy" if mode == "copy" else "")
             out.say(
-                f"Would back up {escape(str(database))} into {escape(str(where))}"
-                f"{' as one archive' if compress else ''}. Dry run: nothing was changed."
+                f"Would back up {escape(str(database))} into {escape(str(where))}{how}. "
+                "Dry run: nothing was changed."
             )
         return
     _recover(s, out)
     info = backups.create_backup(
-        s.database_path(), backup_dir=s.backups(), description=description, compress=compress
+        s.database_path(),
+        backup_dir=s.backups(),
+        description=description,
+        compress=compress,
+        mode=mode,
     )
     if out.json:
         out.emit({"backup": info.summary()})
@@ -80,29 +97,10 @@ def create_cmd(description: str, compress: bool) -> None:
 def list_cmd() -> None:
     """List the backups, oldest first."""
     s = settings()
-    found = backups.list_backups(s.database_path(), backup_dir=s.backups())
-    out = renderer(s)
-    if out.json:
-        out.emit([b.summary() for b in found])  # a plain list; [] when there are none
-        return
-    if not found:
-        where = backups.backup_dir_for(s.database_path(), s.backups())
-        out.say(f"No backups in {escape(str(where))}.")
-        return
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    for column in ("id", "created (UTC)", "age", "version", "size", "description"):
-        table.add_column(column, no_wrap=column != "description")
-    now = utc_now()
-    for b in found:
-        table.add_row(
-            b.id + (" (archive)" if b.archive else ""),
-            format_time(b.created_at).removesuffix(" UTC"),
-            format_age(now - b.created_at),
-            str(b.version),
-            format_bytes(b.size_bytes),
-            escape(b.description + "".join(f" (partly applied: {m})" for m in b.partial)),
-        )
-    out.out.print(table)
+    found = catalog.list_backups(s.database_path(), backup_dir=s.backups())
+    kept = catalog.kept_databases(s.database_path())
+    where = backups.backup_dir_for(s.database_path(), s.backups())
+    renderer(s).backups(found, kept, where)
 
 
 @backup.command("verify")
@@ -199,10 +197,12 @@ def _target(s: Settings, target: str | None) -> str:
     "-f",
     "--force",
     is_flag=True,
-    help="Also remove the newest backup and the one before the last migration.",
+    help="Also remove the newest backup, the one before the last migration, and the newest "
+    "database a restore kept.",
 )
 def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
-    """Remove old backups (no questions asked: meant for cron). --dry-run lists them."""
+    """Remove old backups, and old databases restores kept (<db>.pre-restore-<time>), by
+    the same rules (no questions asked: meant for cron). --dry-run lists them."""
     s = settings()
     if older_than is None and keep is None:
         raise UsageError("say what to remove: --older-than AGE, --keep N, or both.")
@@ -213,7 +213,7 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
     out = renderer(s)
     if not s.dry_run:
         _recover(s, out)
-    result = backups.cleanup_backups(
+    result = catalog.cleanup_backups(
         s.database_path(),
         backup_dir=s.backups(),
         older_than=age,
@@ -224,8 +224,10 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
     if out.json:
         out.emit(
             {
-                "removed": [b.summary() for b in result.removed],
-                "protected": [b.summary() for b in result.protected],
+                "removed": [b.summary() for b in result.removed]
+                + [k.summary() for k in result.kept_removed],
+                "protected": [b.summary() for b in result.protected]
+                + [k.summary() for k in result.kept_protected],
                 "dry_run": s.dry_run,
             }
         )
@@ -235,7 +237,12 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
         out.say(f"{verb} {b.id}  {escape(b.description)}")
     for b in result.protected:
         out.say(f"kept {b.id} (newest, or undoes the last migration; --force removes it)")
-    out.say(f"{len(result.removed)} {verb}, {len(result.kept) + len(result.protected)} kept.")
+    for k in result.kept_removed:
+        out.say(f"{verb} {escape(k.id)}  (the database a restore replaced)")
+    for k in result.kept_protected:
+        out.say(f"kept {escape(k.id)} (the newest database a restore replaced; --force removes it)")
+    gone = len(result.removed) + len(result.kept_removed)
+    out.say(f"{gone} {verb}, {len(result.kept) + len(result.protected)} kept.")
 
 
 def take_automatic_backup(
@@ -250,6 +257,7 @@ def take_automatic_backup(
         backup_dir=s.backups(),
         description=backups.describe_trigger(plan),
         trigger=plan.ids[0],
+        mode=s.backup_mode(),
     )
     out.event(
         Event(
@@ -261,7 +269,7 @@ def take_automatic_backup(
     )
     if retention is not None:
         keep, age = retention
-        removed = backups.apply_retention(
+        removed = catalog.apply_retention(
             db_path,
             backup_dir=s.backups(),
             keep=keep,

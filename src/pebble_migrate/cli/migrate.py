@@ -36,6 +36,7 @@ def _run_options(
         from pebble_migrate.cli.backup import retention_setting
 
         retention_setting(s)  # a bad setting must stop the run before its first write
+        s.backup_mode()
     return commands.RunOptions(
         confirm=confirmer(yes, destructive=destructive),
         reporter=out.event,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pebble_migrate.config import ProjectConfig, load_project_config
+from pebble_migrate.config import BACKUP_MODES, ProjectConfig, load_project_config
 from pebble_migrate.errors import ConfirmationRequired, UsageError
 from pebble_migrate.registry import Registry, load_migrations
 
@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ENV_DATABASE = "PEBBLE_MIGRATE_DATABASE"
 ENV_MIGRATIONS = "PEBBLE_MIGRATE_MIGRATIONS"
 ENV_BACKUP_DIR = "PEBBLE_MIGRATE_BACKUP_DIR"
+ENV_BACKUP_MODE = "PEBBLE_MIGRATE_BACKUP_MODE"
 
 
 @dataclass
@@ -71,6 +72,18 @@ class Settings:
         registry = load_migrations(Path(self.migrations_dir()))
         registry.check()
         return registry
+
+    def backup_mode(self) -> str:
+        """Return how automatic backups are made: "link" (the default) or "copy"."""
+        mode = os.environ.get(ENV_BACKUP_MODE)
+        if mode is not None:
+            if mode not in BACKUP_MODES:
+                raise UsageError(
+                    f'{ENV_BACKUP_MODE} must be "link" or "copy", not {mode!r:.40}.',
+                    hint=f"Set {ENV_BACKUP_MODE}=copy for independent copies, or unset it.",
+                )
+            return mode
+        return self.project.backup_mode or "link"
 
     def backups(self) -> str | None:
         """Return the configured backup directory, or None for the default beside the db."""

@@ -28,6 +28,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from pebble_migrate.backup import BackupInfo
+from pebble_migrate.catalog import KeptDatabase
 from pebble_migrate.commands import Outcome, StatusReport
 from pebble_migrate.errors import MigrateError, MigrationFailed
 from pebble_migrate.events import Event
@@ -35,7 +37,14 @@ from pebble_migrate.maintenance import ForceCleanResult, RepairReport
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.transitions import TABLE, Reading, Situation
-from pebble_migrate.units import format_duration, format_time, version_time
+from pebble_migrate.units import (
+    format_age,
+    format_bytes,
+    format_duration,
+    format_time,
+    utc_now,
+    version_time,
+)
 from pebble_migrate.validation import ValidationReport
 
 LOG_EVERY_S = 5.0
@@ -432,6 +441,27 @@ class Renderer:
         else:
             self.say(f"{'Would create' if dry_run else 'Created'} {escape(str(path))}")
 
+    def backups(
+        self, found: Sequence[BackupInfo], kept: Sequence[KeptDatabase], where: Path
+    ) -> None:
+        """Show `backup list`: the backups, then the databases restores kept."""
+        if self.json:
+            # A plain list ([] when there is nothing); `kind` tells the two apart.
+            self.emit(
+                [{"kind": "backup", **b.summary()} for b in found] + [k.summary() for k in kept]
+            )
+            return
+        if not found:
+            self.say(f"No backups in {escape(str(where))}.")
+        else:
+            self.out.print(_backup_table(found))
+        if kept:
+            self.say("\n[bold]Databases kept by restores[/] (removed by `backup cleanup`)")
+            now = utc_now()
+            for k in kept:
+                age = format_age(now - k.created_at)
+                self.say(f"  {escape(k.id)}  {age} old  {escape(str(k.path))}")
+
     def records(self, key: str, rows: Iterable[Any]) -> None:
         """Emit a list of records under `key` (JSON mode)."""
         self.emit({key: list(rows)})
@@ -482,6 +512,29 @@ class Outlet:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _backup_table(found: Sequence[BackupInfo]) -> Table:
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    columns = ("id", "created (UTC)", "age", "version", "size", "mode", "description")
+    for column in columns:
+        table.add_column(column, no_wrap=column != "description")
+    now = utc_now()
+    for b in found:
+        mode = "archive" if b.archive else b.mode
+        if b.shares_live:
+            mode += ", shares files"
+        partly = "".join(f" (partly applied: {m})" for m in b.partial)
+        table.add_row(
+            escape(b.id),
+            format_time(b.created_at).removesuffix(" UTC"),
+            format_age(now - b.created_at),
+            str(b.version),
+            format_bytes(b.size_bytes),
+            mode,
+            escape(b.description + partly),
+        )
+    return table
 
 
 def _after_force_clean(before: State, left: Reading) -> str:
