@@ -221,7 +221,7 @@ def test_damaged_database_can_be_replaced(
 
     result = restore_backup(info.id, db, confirm=yes)
     assert "Replace the damaged database" in questions[0]
-    assert "unreadable" in questions[0]
+    assert "damaged" in questions[0]
     assert contents(db, state=True) == contents(info.path / "db", state=True)
     assert result.kept_as is not None
 

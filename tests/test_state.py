@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from pebble_migrate import CorruptStateError, Status, read_state
+from pebble_migrate import CorruptStateError, NewerStateFormat, Status, read_state
 from pebble_migrate.commands import history, up
 from pebble_migrate.state import HISTORY_PREFIX, META_KEY, HistoryRecord, StateStore, new_state
 from pebble_migrate.store import STATE_CF
@@ -116,8 +116,9 @@ def test_history_limit_reads_newest(tmp_path: Path) -> None:
     ("raw", "needle"),
     [
         (b"{not json", "not valid JSON"),
-        (b'{"format": 99}', "unknown format"),
-        (b'{"format": 1, "status": "weird"}', "KeyError"),
+        (b'{"format": "1"}', "unknown format"),
+        (b'{"format": 1, "status": "weird"}', "the field 'applied' is missing"),
+        (b'{"format": 1, "status": "clean", "applied": {}}', "the field 'current_version'"),
     ],
 )
 def test_corrupt_state_record_is_reported_not_guessed(
@@ -135,6 +136,21 @@ def test_corrupt_state_record_is_reported_not_guessed(
         db.close()
     assert needle in str(info.value)
     assert "backup restore" in str(info.value)
+
+
+def test_state_from_a_newer_version_says_upgrade(db_path: Path) -> None:
+    up(db_path, registry_of(migration("1700000000_a")))
+    db = _open(db_path)
+    try:
+        cf = db.get_column_family(STATE_CF)
+        cf[META_KEY] = b'{"format": 99}'
+        del cf
+        with pytest.raises(NewerStateFormat) as info:
+            read_state(db)
+    finally:
+        db.close()
+    assert "written by a newer pebble-migrate (format 99" in str(info.value)
+    assert "Upgrade pebble-migrate" in str(info.value)
 
 
 def test_pickle_mode_database_keeps_its_mode(tmp_path: Path) -> None:

@@ -155,10 +155,24 @@ class CorruptStateError(StateError):
     """Raised when a state record in the database cannot be decoded."""
 
     def __init__(self, key: str, detail: str) -> None:
+        self.key = key
         super().__init__(
-            f"the migration state record {key!r} is unreadable: {detail}.",
+            f"the migration state record {key!r} is damaged: {detail}.",
             hint="Nothing was changed. Restore a backup taken before the damage "
             "(`pebble-migrate backup list`, then `pebble-migrate backup restore ID --force`).",
+        )
+
+
+class NewerStateFormat(StateError):
+    """Raised when the migration state was written by a newer version of pebble-migrate."""
+
+    def __init__(self, found: int) -> None:
+        self.found = found
+        super().__init__(
+            f"the migration state was written by a newer pebble-migrate (format {found}; "
+            "this version reads format 1).",
+            hint="Nothing was changed. Upgrade pebble-migrate (`pip install -U "
+            "pebble-migrate`) and run the command again.",
         )
 
 

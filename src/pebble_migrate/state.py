@@ -13,7 +13,7 @@ from typing import Any
 import rocksdict
 
 from pebble_migrate import store
-from pebble_migrate.errors import CorruptStateError, MigrateError
+from pebble_migrate.errors import CorruptStateError, MigrateError, NewerStateFormat
 
 FORMAT = 1
 META_KEY = b"meta"
@@ -158,10 +158,10 @@ class StateStore:
         end = store.successor(HISTORY_PREFIX)
         if limit is None:
             for key, value in store.checked_items(cf, self.where, start=HISTORY_PREFIX, end=end):
-                records.append(decode_history(_loads(value, key)))
+                records.append(decode_history(_loads(value, key), _name(key)))
             return records
         for key, value in self._newest(cf, end, limit):
-            records.append(decode_history(_loads(value, key)))
+            records.append(decode_history(_loads(value, key), _name(key)))
         records.reverse()
         return records
 
@@ -222,11 +222,26 @@ class StateStore:
     def stage_history(
         self, batch: rocksdict.WriteBatch, state: State, record: HistoryRecord
     ) -> State:
-        """Add `record` (numbered after the state's last) to `batch`; return the new state."""
-        seq = state.history_count + 1
+        """Add `record` (numbered after the last) to `batch`; return the new state.
+
+        History is append-only: the number follows both the count in `meta` and the last
+        record on disk, so a count that went backwards (an edited or restored `meta`) can
+        never make a new record replace an old one.
+        """
+        seq = max(state.history_count, self._last_seq()) + 1
         record = replace(record, seq=seq)
         batch.put(HISTORY_PREFIX + b"%012d" % seq, _dumps(encode_history(record)), self.handle())
         return state.evolve(history_count=seq)
+
+    def _last_seq(self) -> int:
+        """Return the number of the last history record on disk (0: none)."""
+        cf = self._column()
+        if cf is None:
+            return 0
+        for key, _ in self._newest(cf, store.successor(HISTORY_PREFIX), 1):
+            digits = key[len(HISTORY_PREFIX) :]
+            return int(digits) if digits.isdigit() else 0
+        return 0
 
     def stage_put(self, batch: rocksdict.WriteBatch, key: bytes, value: Any) -> None:
         """Add the write of a JSON record under `key` in the state family to `batch`."""
@@ -285,8 +300,12 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _name(key: Any) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+
+
 def _loads(raw: Any, key: Any) -> Any:
-    name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+    name = _name(key)
     if not isinstance(raw, bytes):
         raise CorruptStateError(name, f"expected bytes, found {type(raw).__name__}")
     try:
@@ -298,6 +317,8 @@ def _loads(raw: Any, key: Any) -> Any:
 def _time(value: Any) -> datetime | None:
     if value is None:
         return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise TypeError(f"expected a time, found {value!r:.60}")
     return datetime.fromisoformat(value).astimezone(UTC)
 
 
@@ -331,41 +352,131 @@ def encode_state(state: State) -> dict[str, Any]:
 
 
 def decode_state(data: Any) -> State:
-    """Return the State in a JSON state record; raise CorruptStateError if malformed."""
+    """Return the State in a JSON state record; raise CorruptStateError if malformed.
+
+    The record comes from disk, so every field is checked for its type and range: ids are
+    real migration ids, times are times, texts are bounded. A record written by a newer
+    version of the tool is told apart (NewerStateFormat).
+    """
     try:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"unknown format {data.get('format')!r}")
-        applied = data["applied"]
-        progress = data["in_progress"]
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, found {type(data).__name__}")
+        fmt = data.get("format")
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+            raise NewerStateFormat(fmt)
+        if fmt != FORMAT:
+            raise ValueError(f"unknown format {fmt!r:.40}")
+        applied = _applied(data["applied"])
         state = State(
             initialized=True,
-            status=Status(data["status"]),
-            current_version=_int(data["current_version"]),
+            status=Status(_text(data["status"], "status", 16)),
+            current_version=_version_number(data["current_version"]),
             applied=frozenset(applied),
-            applied_at={mid: t for mid, at in applied.items() if (t := _time(at)) is not None},
-            last_migration=data["last_migration"],
+            applied_at={mid: t for mid, t in applied.items() if t is not None},
+            last_migration=_opt_id(data["last_migration"], "last_migration"),
             last_migration_at=_time(data["last_migration_at"]),
-            in_progress=None
-            if progress is None
-            else InProgress(
-                id=str(progress["id"]),
-                kind=str(progress["kind"]),
-                started_at=_time(progress["started_at"]) or datetime.now(UTC),
-                resumable=bool(progress["resumable"]),
-                note=progress.get("note"),
-            ),
-            last_error=data["last_error"],
-            database_id=data["database_id"],
-            history_count=_int(data["history_count"]),
+            in_progress=_progress(data["in_progress"]),
+            last_error=_opt_text(data["last_error"], "last_error"),
+            database_id=_database_id(data["database_id"]),
+            history_count=_count(data["history_count"], "history_count"),
         )
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CorruptStateError("meta", f"{type(exc).__name__}: {exc}") from None
+    except NewerStateFormat:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, MigrateError) as exc:
+        raise CorruptStateError("meta", _why(exc)) from None
     return state
 
 
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, found {value!r}")
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, MigrateError):
+        return exc.message.rstrip(".")
+    if isinstance(exc, KeyError):
+        return f"the field {exc.args[0]!r} is missing"
+    return str(exc)
+
+
+def _applied(value: Any) -> dict[str, datetime | None]:
+    if not isinstance(value, dict):
+        raise TypeError(f"applied: expected an object, found {type(value).__name__}")
+    return {_id(mid, "applied"): _time(at) for mid, at in value.items()}
+
+
+def _progress(value: Any) -> InProgress | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"in_progress: expected an object, found {type(value).__name__}")
+    missing = [f"in_progress.{k}" for k in ("id", "kind", "resumable") if k not in value]
+    if missing:
+        raise KeyError(missing[0])
+    kind = _text(value["kind"], "in_progress.kind", 16)
+    if kind not in ("apply", "rerun", "rollback"):
+        raise ValueError(f"in_progress.kind {kind!r} is not apply, rerun or rollback")
+    resumable = value["resumable"]
+    if not isinstance(resumable, bool):
+        raise TypeError(f"in_progress.resumable: expected true or false, found {resumable!r:.40}")
+    return InProgress(
+        id=_id(value["id"], "in_progress.id"),
+        kind=kind,
+        started_at=_time(value["started_at"]) or datetime.now(UTC),
+        resumable=resumable,
+        note=_opt_text(value.get("note"), "in_progress.note"),
+    )
+
+
+def _id(value: Any, field_name: str) -> str:
+    from pebble_migrate.migration import parse_id
+
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name}: expected a migration id, found {value!r:.60}")
+    try:
+        parse_id(value)
+    except MigrateError:
+        raise ValueError(f"{field_name}: {value!r:.60} is not a migration id") from None
+    return value
+
+
+def _opt_id(value: Any, field_name: str) -> str | None:
+    return None if value is None else _id(value, field_name)
+
+
+_TEXT_MAX = 100_000
+
+
+def _text(value: Any, field_name: str, limit: int = _TEXT_MAX) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name}: expected text, found {value!r:.60}")
+    if len(value) > limit:
+        raise ValueError(f"{field_name}: {len(value)} characters, more than {limit}")
+    return value
+
+
+def _opt_text(value: Any, field_name: str) -> str | None:
+    return None if value is None else _text(value, field_name)
+
+
+def _database_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _text(value, "database_id", 64)
+    if not text or not text.isascii() or not text.replace("-", "").isalnum():
+        raise ValueError(f"database_id {text!r:.60} is not an id")
+    return text
+
+
+def _version_number(value: Any) -> int:
+    from pebble_migrate.migration import MAX_VERSION
+
+    number = _count(value, "current_version")
+    if number > MAX_VERSION:  # a wrong version below it is for `repair` to put right
+        shown = str(number) if number < 10**20 else f"{str(number)[:20]}..."
+        raise ValueError(f"current_version {shown} is beyond any version (the year 2100)")
+    return number
+
+
+def _count(value: Any, field_name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise TypeError(f"{field_name}: expected a count, found {value!r:.60}")
     return value
 
 
@@ -384,19 +495,36 @@ def encode_history(record: HistoryRecord) -> dict[str, Any]:
     }
 
 
-def decode_history(data: Any) -> HistoryRecord:
-    """Return the HistoryRecord in a JSON history record."""
+HISTORY_KINDS = ("apply", "rerun", "rollback", "force-clean", "repair", "stamp")
+
+
+def decode_history(data: Any, key: str = "history") -> HistoryRecord:
+    """Return the HistoryRecord in a JSON history record; raise CorruptStateError."""
     try:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, found {type(data).__name__}")
+        mid = _text(data["id"], "id", 200)
+        if mid != "-":
+            _id(mid, "id")
+        kind = _text(data["kind"], "kind", 32)
+        if kind not in HISTORY_KINDS:
+            raise ValueError(f"kind {kind!r:.40} is not one of {', '.join(HISTORY_KINDS)}")
+        duration = data["duration_s"]
+        if not isinstance(duration, int | float) or isinstance(duration, bool):
+            raise TypeError(f"duration_s: expected a number, found {duration!r:.40}")
+        success = data["success"]
+        if not isinstance(success, bool):
+            raise TypeError(f"success: expected true or false, found {success!r:.40}")
         return HistoryRecord(
-            seq=_int(data["seq"]),
-            id=str(data["id"]),
-            description=str(data["description"]),
-            kind=str(data["kind"]),
+            seq=_count(data["seq"], "seq"),
+            id=mid,
+            description=_text(data["description"], "description", 10_000),
+            kind=kind,
             started_at=_time(data["started_at"]) or datetime.now(UTC),
-            duration_s=float(data["duration_s"]),
-            success=bool(data["success"]),
-            error=data.get("error"),
-            note=data.get("note"),
+            duration_s=float(duration),
+            success=success,
+            error=_opt_text(data.get("error"), "error"),
+            note=_opt_text(data.get("note"), "note"),
         )
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CorruptStateError(f"history/{data!r:.40}", f"{type(exc).__name__}: {exc}") from None
+    except (AttributeError, KeyError, TypeError, ValueError, MigrateError) as exc:
+        raise CorruptStateError(key, _why(exc)) from None

@@ -188,9 +188,7 @@ def test_corrupt_state_record(invoke: Invoke, project: Path) -> None:
     db.close()
     before = snapshot(project / "db")
     for command in (["status"], ["up"], ["down", "0", "--yes"], ["force-clean", "--yes"]):
-        _fails(
-            invoke(*command, "-d", "db"), 1, "state record 'meta' is unreadable", "backup restore"
-        )
+        _fails(invoke(*command, "-d", "db"), 1, "state record 'meta' is damaged", "backup restore")
     assert snapshot(project / "db") == before
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import rocksdict
-from rich.markup import escape
 
 from pebble_migrate import backup as backups
 from pebble_migrate import catalog, store
@@ -74,8 +73,7 @@ def create_cmd(description: str, compress: bool, copy: bool) -> None:
         else:
             how = " as one archive" if compress else (" as a copy" if mode == "copy" else "")
             out.say(
-                f"Would back up {escape(str(database))} into {escape(str(where))}{how}. "
-                "Dry run: nothing was changed."
+                f"Would back up {database!s} into {where!s}{how}. Dry run: nothing was changed."
             )
         return
     _recover(s, out)
@@ -89,7 +87,7 @@ def create_cmd(description: str, compress: bool, copy: bool) -> None:
     if out.json:
         out.emit({"backup": info.summary()})
     else:
-        out.say(f"Backup {info.id} ({format_bytes(info.size_bytes)}) at {escape(str(info.path))}")
+        out.say(f"Backup {info.id} ({format_bytes(info.size_bytes)}) at {info.path!s}")
 
 
 @backup.command("list")
@@ -149,7 +147,7 @@ def restore_cmd(
         else:
             out.say(
                 f"Would restore backup {info.id} (version {info.version}, verified) into "
-                f"{escape(dest)}. Dry run: nothing was changed."
+                f"{dest}. Dry run: nothing was changed."
             )
         return
     result = restoring.restore_backup(
@@ -170,13 +168,13 @@ def restore_cmd(
         )
         return
     out.say(
-        f"Restored backup {result.backup.id} into {escape(str(result.target))} "
+        f"Restored backup {result.backup.id} into {result.target!s} "
         f"(version {result.state.current_version}, {result.state.status.value})."
     )
     if result.kept_as is not None:
-        out.say(f"The replaced database is kept at {escape(str(result.kept_as))}.")
+        out.say(f"The replaced database is kept at {result.kept_as!s}.")
     if result.recovered is not None:
-        out.note(f"First {escape(result.recovered)}.")
+        out.note(f"First {result.recovered}.")
 
 
 def _target(s: Settings, target: str | None) -> str:
@@ -234,13 +232,13 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
         return
     verb = "would remove" if s.dry_run else "removed"
     for b in result.removed:
-        out.say(f"{verb} {b.id}  {escape(b.description)}")
+        out.say(f"{verb} {b.id}  {b.description}")
     for b in result.protected:
         out.say(f"kept {b.id} (newest, or undoes the last migration; --force removes it)")
     for k in result.kept_removed:
-        out.say(f"{verb} {escape(k.id)}  (the database a restore replaced)")
+        out.say(f"{verb} {k.id}  (the database a restore replaced)")
     for k in result.kept_protected:
-        out.say(f"kept {escape(k.id)} (the newest database a restore replaced; --force removes it)")
+        out.say(f"kept {k.id} (the newest database a restore replaced; --force removes it)")
     gone = len(result.removed) + len(result.kept_removed)
     out.say(f"{gone} {verb}, {len(result.kept) + len(result.protected)} kept.")
 
@@ -284,7 +282,7 @@ def _recover(s: Settings, out: Renderer) -> None:
     """Finish or undo a restore into the database that was killed midway."""
     message = restoring.recover(Path(s.database_path()))
     if message is not None:
-        out.note(escape(message[0].upper() + message[1:]) + ".")
+        out.note(message[0].upper() + message[1:] + ".")
 
 
 def retention_setting(s: Settings) -> tuple[int | None, timedelta | None] | None:

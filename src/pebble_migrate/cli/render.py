@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from pebble_migrate.backup import BackupInfo
 from pebble_migrate.catalog import KeptDatabase
@@ -89,7 +89,7 @@ class Renderer:
         self._stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
         self._stdout.flush()
 
-    def say(self, text: str) -> None:
+    def say(self, text: str | Text) -> None:
         """Tell the operator something: stdout for people, stderr in JSON mode."""
         (self.err if self.json else self.out).print(text)
 
@@ -102,10 +102,10 @@ class Renderer:
         self.stop_progress()
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
-            self.err.print(escape(details or "".join(traceback.format_exception(exc))))
-        self.err.print(f"[bold red]Error:[/] {escape(exc.message)}")
+            self.err.print(details or "".join(traceback.format_exception(exc)))
+        self.err.print(Text.assemble(("Error:", "bold red"), " ", exc.message))
         if exc.hint:
-            self.err.print(escape(exc.hint))
+            self.err.print(exc.hint)
         if self.json:
             self.emit(
                 {
@@ -138,8 +138,7 @@ class Renderer:
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
-        text = escape(event.message)
-        self._console().print(f"[{style}]{text}[/]" if style else text)
+        self._console().print(Text(event.message, style=style or ""))
 
     def _console(self) -> Console:
         return self._progress.console if self._progress is not None else self.err
@@ -151,11 +150,11 @@ class Renderer:
             now = time.monotonic()
             if now - self._last_log.get(key, 0.0) >= LOG_EVERY_S:
                 self._last_log[key] = now
-                self.err.print(escape(f"{event.message} keys"))
+                self.err.print(f"{event.message} keys")
             return
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
@@ -167,7 +166,7 @@ class Renderer:
         if key not in self._tasks:
             scan = event.data.get("scan") or ""
             label = f"{event.data.get('label', event.migration_id)} {scan}".strip()
-            self._tasks[key] = self._progress.add_task(escape(label), total=total, rate="")
+            self._tasks[key] = self._progress.add_task(label, total=total, rate="")
             self._started[key] = (time.monotonic(), done)
         began, first = self._started[key]
         elapsed = time.monotonic() - began
@@ -196,7 +195,7 @@ class Renderer:
             self.emit(self._status_json(report))
             return
         table = Table.grid(padding=(0, 2))
-        table.add_row("Database", escape(report.database))
+        table.add_row("Database", report.database)
         table.add_row("Version", _version(state.current_version))
         table.add_row("Status", _status(state.status))
         if not state.initialized:
@@ -216,35 +215,33 @@ class Renderer:
             progress = state.in_progress
             where = f", {report.interrupted.describe()}" if report.interrupted else ""
             resumable = "resumable" if progress.resumable else "not resumable (wrote outside ctx)"
-            table.add_row(
-                "In progress", escape(f"{progress.id} ({progress.kind}, {resumable}{where})")
-            )
+            table.add_row("In progress", f"{progress.id} ({progress.kind}, {resumable}{where})")
         reading = report.reading
         if reading.situation is not Situation.CLEAN:
             rule = TABLE[reading.situation]["up"]
             up_would = rule.said_of(reading.migration_id)
-            table.add_row("Left halfway", escape(f"{reading.describe()} (up: {up_would})"))
+            table.add_row("Left halfway", f"{reading.describe()} (up: {up_would})")
         if state.last_error:
-            table.add_row("Last error", f"[red]{escape(state.last_error)}[/]")
+            table.add_row("Last error", Text(state.last_error, style="red"))
         if self.verbose:
             table.add_row("Database id", state.database_id or "-")
             for record in report.partial:
-                table.add_row(
-                    "Partly applied", escape(f"{record.migration_id} {record.describe()}")
-                )
+                table.add_row("Partly applied", f"{record.migration_id} {record.describe()}")
         self.out.print(table)
         if report.missing:
             self.out.print(
-                f"[yellow]Applied but missing from the code:[/] {', '.join(report.missing)}"
+                Text.assemble(
+                    ("Applied but missing from the code:", "yellow"), " ", ", ".join(report.missing)
+                )
             )
         if report.pending:
-            self.out.print("\n[bold]Pending[/]")
+            self.out.print(Text("\nPending", style="bold"))
             pending = Table.grid(padding=(0, 2))
             for m in report.pending:
-                pending.add_row(f"  {escape(m.id)}", escape(m.description))
+                pending.add_row(f"  {m.id}", m.description)
             self.out.print(pending)
         if report.history:
-            self.out.print("\n[bold]Recent history[/]")
+            self.out.print(Text("\nRecent history", style="bold"))
             self.out.print(_history_table(report.history))
 
     def _status_json(self, report: StatusReport) -> dict[str, Any]:
@@ -309,13 +306,16 @@ class Renderer:
             return
         head = "Would run" if dry_run else "Plan"
         self.say(
-            f"[bold]{head}[/] ({plan.command}, version {plan.from_version} -> {plan.to_version}):"
+            Text.assemble(
+                (head, "bold"),
+                f" ({plan.command}, version {plan.from_version} -> {plan.to_version}):",
+            )
         )
         width = max(len(step.id) for step in plan.steps)
         for n, step in enumerate(plan.steps, 1):
             verb = "apply   " if step.action == "apply" else "rollback"
             text = f"  {n}. {verb} {step.id:<{width}}  {step.migration.description}"
-            self.say(escape(text))
+            self.say(text)
         if dry_run:
             self.say("Dry run: nothing was changed.")
 
@@ -349,17 +349,20 @@ class Renderer:
             )
             return
         self.say(
-            f"[green]Done:[/] {len(report.steps)} step(s); version "
-            f"{report.from_version} -> {_version(report.to_version)}."
+            Text.assemble(
+                ("Done:", "green"),
+                f" {len(report.steps)} step(s); version "
+                f"{report.from_version} -> {_version(report.to_version)}.",
+            )
         )
 
     def _said(self, what: str, dry_run: bool) -> None:
         if self.json:
             self.emit({"result": {"note": what, "dry_run": dry_run}})
         elif dry_run:
-            self.say(f"Would do: {escape(what)}. Dry run: nothing was changed.")
+            self.say(f"Would do: {what}. Dry run: nothing was changed.")
         else:
-            self.say(escape(what[0].upper() + what[1:]) + ".")
+            self.say(what[0].upper() + what[1:] + ".")
 
     def history(self, records: Sequence[HistoryRecord]) -> None:
         """Show `history`."""
@@ -379,10 +382,12 @@ class Renderer:
         for check in report.checks:
             if check.ok and not self.verbose:
                 continue
-            mark = "[green]ok  [/]" if check.ok else "[red]FAIL[/]"
-            self.out.print(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+            mark = Text("ok  ", style="green") if check.ok else Text("FAIL", style="red")
+            self.out.print(f"{mark} {check.name}: {check.detail}")
         if not report.problems:
-            self.out.print(f"[green]Valid:[/] {len(report.checks)} checks passed.")
+            self.out.print(
+                Text.assemble(("Valid:", "green"), f" {len(report.checks)} checks passed.")
+            )
 
     def state_change(self, result: ForceCleanResult, *, dry_run: bool = False) -> None:
         """Show the result of force-clean, and what is left halfway after it."""
@@ -405,11 +410,11 @@ class Renderer:
             return
         progress = before.in_progress
         what = f" ({progress.id})" if progress else ""
-        head = f"{before.status.value}{escape(what)} -> {after.status.value}"
+        head = f"{before.status.value}{what} -> {after.status.value}"
         if dry_run:
             self.say(f"Would set the status {head}. Dry run: nothing was changed.")
             return
-        self.say(f"Status {head}. {escape(_after_force_clean(before, left))}")
+        self.say(f"Status {head}. {_after_force_clean(before, left)}")
 
     def repair(self, report: RepairReport, *, dry_run: bool = False) -> None:
         """Show the result of repair."""
@@ -427,7 +432,7 @@ class Renderer:
             return
         verb = "would add" if dry_run else "added"
         for mid in report.added_history:
-            self.say(f"{verb} history for {escape(mid)}")
+            self.say(f"{verb} history for {mid}")
         if report.version_fixed:
             old, new = report.version_fixed
             self.say(f"{'would set' if dry_run else 'set'} version {old} -> {new}")
@@ -439,7 +444,7 @@ class Renderer:
         if self.json:
             self.emit({"created": str(path), "dry_run": dry_run})
         else:
-            self.say(f"{'Would create' if dry_run else 'Created'} {escape(str(path))}")
+            self.say(f"{'Would create' if dry_run else 'Created'} {path!s}")
 
     def backups(
         self, found: Sequence[BackupInfo], kept: Sequence[KeptDatabase], where: Path
@@ -452,15 +457,19 @@ class Renderer:
             )
             return
         if not found:
-            self.say(f"No backups in {escape(str(where))}.")
+            self.say(f"No backups in {where!s}.")
         else:
             self.out.print(_backup_table(found))
         if kept:
-            self.say("\n[bold]Databases kept by restores[/] (removed by `backup cleanup`)")
+            self.say(
+                Text.assemble(
+                    ("\nDatabases kept by restores", "bold"), " (removed by `backup cleanup`)"
+                )
+            )
             now = utc_now()
             for k in kept:
                 age = format_age(now - k.created_at)
-                self.say(f"  {escape(k.id)}  {age} old  {escape(str(k.path))}")
+                self.say(f"  {k.id}  {age} old  {k.path!s}")
 
     def records(self, key: str, rows: Iterable[Any]) -> None:
         """Emit a list of records under `key` (JSON mode)."""
@@ -526,13 +535,13 @@ def _backup_table(found: Sequence[BackupInfo]) -> Table:
             mode += ", shares files"
         partly = "".join(f" (partly applied: {m})" for m in b.partial)
         table.add_row(
-            escape(b.id),
+            b.id,
             format_time(b.created_at).removesuffix(" UTC"),
             format_age(now - b.created_at),
             str(b.version),
             format_bytes(b.size_bytes),
             mode,
-            escape(b.description + partly),
+            b.description + partly,
         )
     return table
 
@@ -559,7 +568,11 @@ def _after_force_clean(before: State, left: Reading) -> str:
 def _console(stream: Any) -> Console:
     # Piped output is read by people later (logs, CI): wide enough that tables do not wrap.
     width = None if stream.isatty() else 160
-    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
+    # No markup: everything shown comes from a database or a file, and is shown as text.
+    # Styles are given as Text objects instead.
+    return Console(
+        file=stream, highlight=False, soft_wrap=True, width=width, markup=False, emoji=False
+    )
 
 
 def _version(version: int) -> str:
@@ -571,12 +584,12 @@ def _last_run(state: State, last: HistoryRecord | None) -> str:
         return "-"
     kind = last.kind if last is not None and last.id == state.last_migration else None
     what = f"{kind} of " if kind else ""
-    return f"{what}{escape(state.last_migration)} at {format_time(state.last_migration_at)}"
+    return f"{what}{state.last_migration} at {format_time(state.last_migration_at)}"
 
 
-def _status(status: Status) -> str:
+def _status(status: Status) -> Text:
     color = {"clean": "green", "migrating": "yellow", "rollback": "yellow"}.get(status.value, "red")
-    return f"[{color}]{status.value}[/]"
+    return Text(status.value, style=color)
 
 
 def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Table:
@@ -587,19 +600,23 @@ def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Ta
         table.add_column("detail")
     for r in records:
         result = (
-            "[green]ok[/]"
+            Text("ok", style="green")
             if r.success
-            else ("[yellow]stopped[/]" if r.note and not r.error else "[red]failed[/]")
+            else (
+                Text("stopped", style="yellow")
+                if r.note and not r.error
+                else Text("failed", style="red")
+            )
         )
-        row = [
+        row: list[str | Text] = [
             str(r.seq),
             format_time(r.started_at).removesuffix(" UTC"),
-            escape(r.id),
+            r.id,
             r.kind,
             result,
             format_duration(r.duration_s),
         ]
         if errors:
-            row.append(escape(r.error or r.note or ""))
+            row.append(r.error or r.note or "")
         table.add_row(*row)
     return table
