@@ -50,6 +50,7 @@ def archive_backup(info: BackupInfo) -> BackupInfo:
             for f in info.files:
                 _add_file(tar, info.path / DATA / f.name, f"{DATA}/{f.name}")
         fsync_file(tmp)
+        kill_point("archive-written")
         tmp.rename(final)
         fsync_dir(root)
     except OSError as exc:

@@ -235,6 +235,7 @@ def create_backup_of_open(
         final = root / backup_id
         tmp.rename(final)
         fsync_dir(root)
+        kill_point("backup-renamed")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_error(exc, root) from None
@@ -480,10 +481,25 @@ def _write_cache(path: Path, entries: dict[str, dict[str, Any]]) -> None:
 _TEMPORARY = re.compile(r"^\.tmp-\d{8}T\d{6}Z(-\d{2,})?(\.tar\.gz)?-(\d+)$")
 
 
+_BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z(-\d{2,})?$")
+
+
 def sweep_temporary(root: Path) -> list[Path]:
-    """Remove temporary entries left by backups whose process has died: only names this
-    tool makes (`.tmp-<backup id>-<pid>`), never another program's."""
+    """Remove what dead backup processes left: temporary entries (`.tmp-<backup id>-<pid>`)
+    and backup directories whose backup.json is gone (a removal, or the packing into an
+    archive, that was killed halfway). Only names this tool makes, never a symlink, never
+    another program's files."""
     removed = []
+    for item in root.iterdir():
+        if (
+            _BACKUP_ID.match(item.name)
+            and item.is_dir()
+            and not item.is_symlink()
+            and not os.path.lexists(item / META)
+            and os.path.lexists(item / DATA)
+        ):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
     for item in root.glob(".tmp-*"):
         match = _TEMPORARY.match(item.name)
         if match is None or process_alive(int(match.group(3))):
@@ -609,6 +625,7 @@ def remove_backup(info: BackupInfo) -> None:
         return
     (info.path / META).unlink(missing_ok=True)
     fsync_dir(info.path)
+    kill_point("backup-meta-removed")
     shutil.rmtree(info.path, ignore_errors=True)
 
 

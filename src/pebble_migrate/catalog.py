@@ -25,6 +25,7 @@ from pebble_migrate.backup import (
 )
 from pebble_migrate.durable import fsync_dir
 from pebble_migrate.errors import CorruptionError, MigrateError
+from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.state import StateStore
 from pebble_migrate.units import utc_now
@@ -350,8 +351,10 @@ def cleanup_backups(
     if not dry_run:
         for b in result.removed:
             remove_backup(b)
+            kill_point("cleanup-removed")
         for k in result.kept_removed:
             _remove_kept(k)
+            kill_point("cleanup-removed")
     return result
 
 

@@ -31,6 +31,7 @@ from pebble_migrate.executor import (
     initialize,
     run_records,
 )
+from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import Migration
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry
@@ -560,6 +561,7 @@ def _discard(session: Session, records: list[RunRecord], opts: RunOptions) -> No
             states.stage_delete(batch, record_key(r.migration_id, r.action))
             for key in states.keys(views.VIEW_PREFIX + f"{r.migration_id}/".encode()):
                 states.stage_delete(batch, key)
+        kill_point("discard-before-commit")
         states.commit(batch)
     finally:
         del batch

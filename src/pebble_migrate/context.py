@@ -318,7 +318,9 @@ class MigrationContext:
             self._batch, views.marker_key(self.migration.id, action, name), token.encode()
         )
         self._commit()
+        kill_point("scan-marked")
         views.create_view(self._rdict, run.db_path, path)
+        kill_point("scan-view-taken")
         cursor = ScanCursor(name=name, start=start, end=end, token=token)
         self._record.scans[name] = cursor
         return cursor

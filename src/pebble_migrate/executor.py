@@ -446,6 +446,7 @@ class Executor:
         record = self._history(step, clock, success=False, error=error)
         dirty = self.state.evolve(status=Status.DIRTY, last_error=error)
         try:
+            kill_point("failure-before-record")
             self.state = self.states.write_state(dirty, record)
         except MigrateError as write_error:
             # Typically a full disk: this handle takes no more writes. Whoever owns the
@@ -475,6 +476,7 @@ class Executor:
         progress = self.state.in_progress
         if progress is not None:
             self.state = self.state.evolve(in_progress=replace(progress, note=note))
+        kill_point("interrupt-before-record")
         self.state = self.states.write_state(
             self.state, self._history(step, clock, success=False, note=note)
         )

@@ -9,6 +9,7 @@ database keeps blob files, so those are checked as well.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,6 +64,39 @@ def check_tables(folder: Path, only: Iterable[str] | None = None) -> Damage | No
         return Damage(damaged_file(exc.message), exc.message)
     finally:
         store.close_database(db)
+    return None
+
+
+def check_wal(folder: Path) -> Damage | None:
+    """Open the database read-only with no damaged write-ahead-log record tolerated (RocksDB's
+    default drops the log silently from the first damaged record on); return the damage."""
+    try:
+        db = store.open_database(folder, read_only=True, strict_wal=True)
+    except MigrateError as exc:
+        return Damage(damaged_file(exc.message), exc.message)
+    store.close_database(db)
+    return None
+
+
+def check_settings_files(folder: Path) -> Damage | None:
+    """Check the small files a database is opened with: rocksdict's config must be a JSON
+    object with its key mode, and each OPTIONS file must have RocksDB's sections. Damage to
+    them may go unseen at open (rocksdict falls back to its defaults)."""
+    config = folder / "rocksdict-config.json"
+    if config.exists():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            return Damage(config.name, f"{config.name} is not valid JSON ({exc})")
+        if not isinstance(data, dict) or not isinstance(data.get("raw_mode"), bool):
+            return Damage(config.name, f"{config.name} does not say the key mode (raw_mode)")
+    for options in sorted(folder.glob("OPTIONS-*")):
+        try:
+            text = options.read_text(errors="replace")
+        except OSError as exc:
+            return Damage(options.name, f"{options.name} cannot be read ({exc.strerror})")
+        if not all(section in text for section in ("[Version]", "[DBOptions]", "[CFOptions")):
+            return Damage(options.name, f"{options.name} is not a RocksDB options file")
     return None
 
 

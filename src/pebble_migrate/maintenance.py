@@ -12,6 +12,7 @@ from pebble_migrate import transitions
 from pebble_migrate.commands import Aborted, Confirm, always, opened
 from pebble_migrate.errors import UsageError
 from pebble_migrate.executor import run_records
+from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import is_valid_name
 from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.units import utc_now
@@ -65,6 +66,7 @@ def force_clean(
             error=before.last_error,
             note="status forced to clean; migration not marked applied",
         )
+        kill_point("force-clean-before-write")
         return ForceCleanResult(before, states.write_state(after, record), left)
 
 
@@ -124,6 +126,7 @@ def repair(
                     note="version recomputed from applied set",
                 )
             )
+        kill_point("repair-before-write")
         states.write_state(state.evolve(current_version=version), *records)
         return RepairReport(missing, fix)
 

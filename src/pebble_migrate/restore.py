@@ -61,12 +61,23 @@ _JOURNAL_KEYS = ("target", "staging", "staging_inode", "keep_as", "replacing", "
 class OtherDatabase(BackupError):
     """Raised when a backup was taken of a different database than the target."""
 
-    def __init__(self, backup_id: str, theirs: str, ours: str) -> None:
-        super().__init__(
-            f"backup {backup_id} is of database {theirs}, but the target is database {ours}.",
-            hint="Nothing was changed. If you really mean to replace it with another "
-            "database's backup, add --other-database.",
-        )
+    def __init__(self, backup_id: str, theirs: str | None, ours: str) -> None:
+        if theirs is None:
+            said = (
+                f"backup {backup_id} does not say which database it is of (it holds no "
+                f"migration state), and the target is database {ours}."
+            )
+            hint = (
+                "Nothing was changed. If it is a backup of this database (taken before its "
+                "first `up`), or you mean to replace it anyway, add --other-database."
+            )
+        else:
+            said = f"backup {backup_id} is of database {theirs}, but the target is database {ours}."
+            hint = (
+                "Nothing was changed. If you really mean to replace it with another "
+                "database's backup, add --other-database."
+            )
+        super().__init__(said, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -98,9 +109,15 @@ def resolve(source: str, db_path: str | Path, backup_dir: str | Path | None = No
         return load_backup(Path(os.path.realpath(path)))
     root = backup_dir_for(db_path, backup_dir)
     if "/" not in source and source not in ("", ".", ".."):
+        refused: NotABackup | None = None
         for candidate in (root / source, root / f"{source}{ARCHIVE_SUFFIX}"):
             if candidate.exists():
-                return load_backup(candidate)
+                try:
+                    return load_backup(candidate)
+                except NotABackup as exc:  # a half-removed directory beside its archive
+                    refused = refused or exc
+        if refused is not None:
+            raise refused
     raise NotABackup(source, f"no such path, and no backup with that id in {root}")
 
 
@@ -147,7 +164,7 @@ def restore_backup(
             _build(info, staging, _file_mode(dest))
             state = _open_check(staging, info)
             if ours is not None and not other_database and state.database_id != ours:
-                raise OtherDatabase(info.id, state.database_id or "unknown", ours)
+                raise OtherDatabase(info.id, state.database_id, ours)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise disk_error(exc, dest.parent, _needed(info, dest)) from None

@@ -24,6 +24,7 @@ from pebble_migrate.errors import (
 )
 from pebble_migrate.events import log_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, run_records
+from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry, default_registry
 from pebble_migrate.space import check_space
@@ -170,6 +171,7 @@ def _run(
         executor.check_views(plan)
         if opts.backup_enabled:
             _backup(db, path, state, plan, opts)
+        kill_point("startup-before-run")
         return executor.run(plan)
     except MigrationInterrupted as exc:
         executor.release()

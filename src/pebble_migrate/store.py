@@ -55,7 +55,9 @@ def is_creatable(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def open_database(path: str | Path, *, read_only: bool, create: bool = False) -> rocksdict.Rdict:
+def open_database(
+    path: str | Path, *, read_only: bool, create: bool = False, strict_wal: bool = False
+) -> rocksdict.Rdict:
     """Open the database at `path` the way rocksdict does by default, never creating one
     unless `create` is set and the path is missing or an empty directory."""
     where = Path(path)
@@ -66,7 +68,7 @@ def open_database(path: str | Path, *, read_only: bool, create: bool = False) ->
         )
     check_database_dir(where)
     if read_only:
-        return _open_read_only(where)
+        return _open_read_only(where, strict_wal=strict_wal)
     # No Options: rocksdict then loads the database's own options, column families and
     # raw/pickle mode, so databases written by other programs open unchanged.
     access = rocksdict.AccessType.read_write()
@@ -109,13 +111,19 @@ def _real_paths(text: str) -> str:
     return text
 
 
-def _open_read_only(where: Path) -> rocksdict.Rdict:
+def _open_read_only(where: Path, *, strict_wal: bool = False) -> rocksdict.Rdict:
     _sweep_shadows()
     access = rocksdict.AccessType.read_only(False)
     for attempt in range(_RETRIES):
         shadow = _shadow_of(where)
 
         def opener(at: Path = shadow) -> rocksdict.Rdict:
+            if strict_wal:
+                # Only for a check: the options are the defaults plus the key mode, which
+                # is all a read-only walk needs, and rocksdict writes them to the shadow.
+                options = rocksdict.Options(raw_mode=_configured_raw(at))
+                options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.absolute_consistency())
+                return rocksdict.Rdict(str(at), options=options, access_type=access)
             return rocksdict.Rdict(str(at), access_type=access)
 
         _SHADOWS[str(shadow)] = os.path.realpath(where)
@@ -127,6 +135,17 @@ def _open_read_only(where: Path) -> rocksdict.Rdict:
             if attempt == _RETRIES - 1 or "No such file" not in exc.message:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _configured_raw(shadow: Path) -> bool:
+    """Return the key mode rocksdict recorded for a database (raw when it says nothing)."""
+    import json
+
+    try:
+        config = json.loads((shadow / _CONFIG).read_text())
+    except (OSError, ValueError):
+        return True
+    return bool(config.get("raw_mode", True)) if isinstance(config, dict) else True
 
 
 def _shadow_of(where: Path) -> Path:
@@ -187,7 +206,9 @@ def _guarded(path: Path, opener: Callable[[], rocksdict.Rdict]) -> rocksdict.Rdi
     return db
 
 
-def translate(exc: BaseException, path: str | Path, *, needed: int | None = None) -> MigrateError:
+def translate(  # noqa: PLR0911 - one return per kind of RocksDB error
+    exc: BaseException, path: str | Path, *, needed: int | None = None
+) -> MigrateError:
     """Return our error for an exception raised by rocksdict."""
     if isinstance(exc, MigrateError):
         return exc
@@ -203,12 +224,24 @@ def translate(exc: BaseException, path: str | Path, *, needed: int | None = None
             hint="Nothing more was written. Restore a backup "
             "(`pebble-migrate backup list`, `pebble-migrate backup restore ID --force`).",
         )
+    if "does not match existing comparator" in text:
+        return _settings_damaged(where, text)
     if isinstance(exc, rocksdict.DbClosedError):
         return StorageError(
             f"the database at {where} was closed while pebble-migrate was using it.",
             hint="Keep the database open until the call returns.",
         )
     return StorageError(f"RocksDB error on {where}: {text}")
+
+
+def _settings_damaged(where: str, text: str) -> MigrateError:
+    files = sorted(p.name for p in Path(where).glob("OPTIONS-*"))
+    named = ", ".join([*files, "rocksdict-config.json"])
+    return StorageError(
+        f"RocksDB cannot open {where} with the options it finds: {text}.",
+        hint=f"Its settings files ({named}) may be damaged. Nothing was changed. Restore a "
+        "backup (`pebble-migrate backup list`, `pebble-migrate backup restore ID --force`).",
+    )
 
 
 def free_space(path: Path) -> int | None:

@@ -65,10 +65,16 @@ def history(limit: int | None) -> None:
 
 @cli.command()
 @global_options
-def validate() -> None:
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also read everything back as RocksDB stored it: every table file's blocks "
+    "(checksums), the write-ahead log, every state record, the scans' views.",
+)
+def validate(deep: bool) -> None:
     """Check the migrations, the recorded state, and each applied migration's data."""
     s = settings()
-    report = validation.validate(s.database_path(), s.registry())
+    report = validation.validate(s.database_path(), s.registry(), deep=deep)
     renderer(s).validation(report)
     if report.problems:
         raise ValidationFailed(report.problems)
