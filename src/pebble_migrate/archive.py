@@ -20,6 +20,7 @@ from pebble_migrate.backup import (
     ARCHIVE_SUFFIX,
     DATA,
     META,
+    META_LIMIT,
     BackupCorrupt,
     BackupInfo,
     NotABackup,
@@ -74,13 +75,40 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
         tar.addfile(member, handle)
 
 
+_HEADER_LIMIT = 64 * 1024
+_EXTENDED = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _Bounded(tarfile.TarInfo):
+    """A tar header that refuses an extended header (a long name, pax records) larger than
+    any real one, before it is read into memory."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > _HEADER_LIMIT:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes")
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return member
+
+
+def _open(path: Path) -> tarfile.TarFile:
+    return tarfile.open(path, "r:gz", tarinfo=_Bounded)
+
+
 def read_archive_info(path: Path) -> BackupInfo:
     """Return the BackupInfo stored at the head of an archive; raise NotABackup."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
+        with _open(path) as tar:
             member = tar.next()
-            if member is None or member.name != META:
+            if member is None or member.name != META or not member.isfile():
                 raise NotABackup(str(path), f"the archive does not start with {META}")
+            if member.size > META_LIMIT:
+                raise NotABackup(str(path), f"its {META} is larger than {META_LIMIT} bytes")
             handle = tar.extractfile(member)
             data = json.load(io.TextIOWrapper(handle)) if handle else None
     except (*_UNREADABLE, OSError, ValueError) as exc:
@@ -93,16 +121,21 @@ def _members(info: BackupInfo) -> Generator[tuple[str, IO[bytes]], None, None]:
     checked from its header alone before a byte of it is read: a regular file, under db/,
     recorded in backup.json, of its recorded size."""
     recorded = {f.name: f for f in info.files}
+    seen: set[str] = set()
     try:
-        with tarfile.open(info.path, "r:gz") as tar:
+        with _open(info.path) as tar:
             for member in tar:
-                if member.name == META:
+                if member.name == META and not seen:
+                    seen.add(META)
                     continue
                 name = PurePosixPath(member.name)
                 parts = name.parts
                 if not member.isfile() or len(parts) < 2 or parts[0] != DATA or ".." in parts:
                     raise NotABackup(str(info.path), f"unexpected entry {member.name!r:.120}")
                 inner = "/".join(parts[1:])
+                if inner in seen:
+                    raise BackupCorrupt(info.id, inner, "appears twice in the archive")
+                seen.add(inner)
                 expected = recorded.get(inner)
                 if expected is None:
                     raise BackupCorrupt(info.id, inner, "is not part of the backup")

@@ -73,9 +73,12 @@ class TableDamaged(CorruptionError):
     ) -> None:
         self.file = damage.file
         name = damage.file or "a table file"
+        detail = damage.detail
+        if detail.startswith("RocksDB reports corrupt data in "):
+            detail = detail.split(": ", 1)[-1]
         super().__init__(
-            f"refusing to back up {db_path}: RocksDB finds {name} damaged "
-            f"({damage.detail.split(': ', 1)[-1]}). A backup never records a damaged file.",
+            f"refusing to back up {db_path}: {name} is damaged ({detail}). A backup never "
+            "records a damaged file.",
             hint="Nothing was written. " + _damage_hint(db_path, backup_dir, damage.file),
         )
 
@@ -216,19 +219,23 @@ def create_backup_of_open(
     path = resolve_database(db_path)
     root = backup_dir_for(path, backup_dir)
     # Check the room first: a refused backup leaves no trace, not even the directory.
+    _refuse_read_only(root)
     _check_room(root, db, path, compress or mode == "copy")
+    made_root = not os.path.lexists(root)
     make_backup_root(root)
     sweep_temporary(root)
     created = utc_now()
     backup_id = _new_id(root, created)
     tmp = root / f".tmp-{backup_id}-{os.getpid()}"
+    if mode == "link" and not same_filesystem(root, path):
+        mode = "copy"  # a checkpoint on another filesystem copies every file
     try:
         _checkpoint(db, tmp / DATA)
         kill_point("backup-checkpoint")
         _copy_views(path, tmp / DATA, _partial_of(db, path))
         files = _checked_files(path, tmp / DATA, root / _CACHE, backup_dir)
         kill_point("backup-checked")
-        made = _unshare(tmp / DATA, files) if mode == "copy" else "link"
+        made = _unshare(tmp / DATA, files, path) if mode == "copy" else "link"
         info = _describe(db, path, tmp, backup_id, created, description, trigger, files, made)
         write_json_atomic(tmp / META, encode_info(info))
         fsync_dir(tmp)
@@ -237,10 +244,10 @@ def create_backup_of_open(
         fsync_dir(root)
         kill_point("backup-renamed")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _forget(tmp, root if made_root else None)
         raise disk_error(exc, root) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _forget(tmp, root if made_root else None)
         raise
     info = replace(info, path=final)
     if compress:
@@ -253,6 +260,32 @@ def create_backup_of_open(
             remove_backup(info)
             raise
     return info
+
+
+def _forget(tmp: Path, made_root: Path | None) -> None:
+    """Remove what a refused or failed backup wrote: its temporary directory, and the backup
+    directory itself if this backup made it and nothing else is in it."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if made_root is not None:
+        with contextlib.suppress(OSError):
+            (made_root / _CACHE).unlink(missing_ok=True)
+            made_root.rmdir()
+
+
+def _refuse_read_only(root: Path) -> None:
+    """Raise BackupError when the backup directory is on a read-only filesystem."""
+    probe = existing_ancestor(root)
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        return
+    if read_only:
+        raise BackupError(
+            f"cannot use {root} as the backup directory: its filesystem is read-only.",
+            hint="Nothing was written. Choose another with --backup-dir (or "
+            "PEBBLE_MIGRATE_BACKUP_DIR, or backup-dir in pyproject.toml); `up --no-backup` runs "
+            "without a backup.",
+        )
 
 
 def make_backup_root(root: Path) -> None:
@@ -294,16 +327,21 @@ def _checked_files(
     for folder, names in unchecked.items():
         damage = integrity.check_tables(folder, only=names)
         if damage is not None:
-            raise TableDamaged(db_path, damage, backup_dir)
+            live = db_path / folder.relative_to(data)
+            detail = damage.detail.replace(str(folder), str(live))
+            raise TableDamaged(db_path, integrity.Damage(damage.file, detail), backup_dir)
     for entry_ in entries.values():
         entry_["checked"] = True
     _write_cache(cache, entries)
     return files
 
 
-def _unshare(data: Path, files: list[BackupFile]) -> str:
+def _unshare(data: Path, files: list[BackupFile], db_path: Path) -> str:
     """Replace every file of the checkpoint that shares an inode (the table files it
-    hard-linked) by an independent one; return "reflink" if every one was cloned."""
+    hard-linked) by an independent one; return "reflink" if every one was cloned.
+
+    Each copy is read back and compared with the sum recorded when the file was first
+    checked, so a file damaged in place since then is found here and refused."""
     sums = {f.name: f.sha256 for f in files}
     how = set()
     for path in sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink()):
@@ -311,22 +349,39 @@ def _unshare(data: Path, files: list[BackupFile]) -> str:
         if st.st_nlink < 2:
             continue
         fresh = path.with_name(f".{path.name}.copy")
-        made = clone_or_copy(path, fresh, stat.S_IMODE(st.st_mode))
-        if made == "copy" and sha256_of(fresh) != sums[str(path.relative_to(data))]:
+        how.add(clone_or_copy(path, fresh, stat.S_IMODE(st.st_mode)))
+        if sha256_of(fresh) != sums[str(path.relative_to(data))]:
             fresh.unlink()
-            raise BackupError(f"copying {path.name} into the backup gave different bytes.")
+            damage = integrity.Damage(
+                path.name,
+                f"{path.name} no longer matches the sum recorded when it was first backed up: "
+                "it was changed in place since",
+            )
+            raise TableDamaged(db_path, damage, None)
         fresh.replace(path)
-        how.add(made)
         kill_point("backup-copied")
     fsync_dir(data)
     return "reflink" if how == {"reflink"} else "copy"
 
 
 def disk_error(exc: OSError, where: Path, needed: int | None = None) -> MigrateError:
-    """Return DiskFullError for ENOSPC/EDQUOT, else a BackupError naming the failure."""
+    """Return DiskFullError for ENOSPC/EDQUOT, else a BackupError naming the failure; both
+    say that nothing of the backup or restore was left behind."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(str(where), str(exc), store.free_space(where), needed)
-    return BackupError(f"cannot write under {where}: {exc}")
+        return DiskFullError(
+            str(where),
+            str(exc),
+            store.free_space(where),
+            needed,
+            hint="Nothing was changed: the database is as it was, and the partial copy was "
+            "removed. Free some space there (or choose another backup directory) and run the "
+            "command again.",
+        )
+    return BackupError(
+        f"cannot write under {where}: {exc.strerror or exc} ({exc.filename}).",
+        hint="Nothing was changed. Fix that path (an entry in the way, permissions), or "
+        "choose another backup directory with --backup-dir.",
+    )
 
 
 def _checkpoint(db: rocksdict.Rdict, target: Path) -> None:
@@ -402,7 +457,10 @@ def same_filesystem(a: Path, b: Path) -> bool:
 def _new_id(root: Path, created: datetime) -> str:
     base = created.strftime("%Y%m%dT%H%M%SZ")
     candidate, n = base, 1
-    while (root / candidate).exists() or (root / (candidate + ARCHIVE_SUFFIX)).exists():
+    while any(
+        os.path.lexists(root / name)
+        for name in (candidate, candidate + ARCHIVE_SUFFIX, f".tmp-{candidate}-{os.getpid()}")
+    ):
         n += 1
         candidate = f"{base}-{n:02d}"
     return candidate
@@ -448,10 +506,7 @@ def sha256_of(path: Path) -> str:
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     """Return the cache: inode key -> {"sha256", "checked" (by RocksDB)}; a damaged or
     foreign cache is simply empty (it only saves work)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_small_json(path, 64 * 1024 * 1024)
     if not isinstance(data, dict):
         return {}
     cache: dict[str, dict[str, Any]] = {}
@@ -463,12 +518,39 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     return cache
 
 
+def read_small_json(path: Path, limit: int) -> Any:
+    """Return the JSON in a regular file of at most `limit` bytes, or None: a FIFO, a
+    device, a link or a file too large is never read (it could hang or exhaust memory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        try:
+            return json.loads(handle.read(limit + 1))
+        except ValueError:
+            return None
+
+
+def _backup_dirs(root: Path) -> list[Path]:
+    """Return the directories in `root` named and shaped like backups (not followed)."""
+    found = []
+    for item in root.iterdir():
+        data = item / DATA
+        real = _BACKUP_ID.match(item.name) and not item.is_symlink() and item.is_dir()
+        if real and not data.is_symlink() and data.is_dir():
+            found.append(item)
+    return found
+
+
 def _write_cache(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     # Keep only the inodes still held by some backup, so the cache cannot grow forever.
     live = set(entries)
-    for data in path.parent.glob(f"*/{DATA}"):
-        if data.parent.is_symlink():
-            continue
+    for folder in _backup_dirs(path.parent):
+        data = folder / DATA
         for item in data.iterdir():
             with contextlib.suppress(OSError):
                 st = item.lstat()
@@ -478,7 +560,9 @@ def _write_cache(path: Path, entries: dict[str, dict[str, Any]]) -> None:
         write_json_atomic(path, merged)
 
 
-_TEMPORARY = re.compile(r"^\.tmp-\d{8}T\d{6}Z(-\d{2,})?(\.tar\.gz)?-(\d+)$")
+_TEMPORARY = re.compile(
+    r"^(?:\.tmp-\d{8}T\d{6}Z(?:-\d{2,})?(?:\.tar\.gz)?-|\.\.checksums\.json\.)(\d+)(?:\.tmp)?$"
+)
 
 
 _BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z(-\d{2,})?$")
@@ -500,9 +584,9 @@ def sweep_temporary(root: Path) -> list[Path]:
         ):
             shutil.rmtree(item, ignore_errors=True)
             removed.append(item)
-    for item in root.glob(".tmp-*"):
+    for item in [*root.glob(".tmp-*"), *root.glob("..checksums.json.*.tmp")]:
         match = _TEMPORARY.match(item.name)
-        if match is None or process_alive(int(match.group(3))):
+        if match is None or process_alive(int(match.group(1))):
             continue
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)
@@ -545,6 +629,8 @@ def load_backup(path: Path) -> BackupInfo:
         raise NotABackup(str(path), "no such file or directory")
     if meta.is_symlink() or not meta.is_file():
         raise NotABackup(str(path), f"it has no {META}")
+    if meta.stat().st_size > META_LIMIT:
+        raise NotABackup(str(path), f"{META} is unreadable (larger than {META_LIMIT} bytes)")
     try:
         data = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
@@ -708,27 +794,69 @@ def _ids(value: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+META_LIMIT = 16 * 1024 * 1024
+"""The largest backup.json read (a real one is a few KiB per thousand files)."""
+
+
 def decode_info(data: Any, path: Path, what: str, *, archive: bool = False) -> BackupInfo:
-    """Return the BackupInfo in backup.json data; raise NotABackup if malformed."""
+    """Return the BackupInfo in backup.json data; raise NotABackup if malformed.
+
+    Every field is checked: its id must be the name of the backup's directory (or archive),
+    each file is named once, numbers are in range and times are times.
+    """
     try:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, found {type(data).__name__}")
         if data["format"] != FORMAT:
-            raise ValueError(f"unknown format {data['format']!r}")
+            raise ValueError(f"unknown format {data['format']!r:.40}")
+        backup_id = _string(data["id"], "id", 64)
+        name = path.name.removesuffix(ARCHIVE_SUFFIX) if archive else path.name
+        if not _BACKUP_ID.match(backup_id):
+            raise ValueError(f"its id {backup_id!r:.80} is not a backup id")
+        # A copy shipped elsewhere may be renamed; a name shaped like an id must be its id.
+        if _BACKUP_ID.match(name) and backup_id != name:
+            raise ValueError(f"its id {backup_id!r:.80} is not its name {name!r:.80}")
+        files = tuple(_file(f) for f in data["files"])
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{twice[0]} is listed twice")
+        version = data["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**63:
+            raise TypeError(f"version {version!r:.40} is not a version")
         return BackupInfo(
-            id=str(data["id"]),
+            id=backup_id,
             path=path,
-            created_at=datetime.fromisoformat(data["created_at"]).astimezone(UTC),
-            description=str(data["description"]),
-            database_path=str(data["database_path"]),
-            database_id=data["database_id"],
-            version=int(data["version"]),
-            status=str(data["status"]),
-            trigger=data["trigger"],
-            files=tuple(_file(f) for f in data["files"]),
+            created_at=_moment(data["created_at"]),
+            description=_string(data["description"], "description", 10_000),
+            database_path=_string(data["database_path"], "database_path", 8192),
+            database_id=_optional(data["database_id"], "database_id", 64),
+            version=version,
+            status=_string(data["status"], "status", 16),
+            trigger=_optional(data["trigger"], "trigger", 200),
+            files=files,
             archive=archive,
             partial=_text_map(data.get("partial")),
             applied=_ids(data.get("applied")),
             mode=_mode(data.get("mode", "link")),
             tables_checked=data.get("tables_checked") is True,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise NotABackup(what, f"{META} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _string(value: Any, field_name: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise TypeError(f"{field_name} is not text of at most {limit} characters")
+    return value
+
+
+def _optional(value: Any, field_name: str, limit: int) -> str | None:
+    return None if value is None else _string(value, field_name, limit)
+
+
+def _moment(value: Any) -> datetime:
+    moment = datetime.fromisoformat(_string(value, "created_at", 64))
+    if moment.tzinfo is None:
+        raise ValueError("created_at has no time zone")
+    return moment.astimezone(UTC)

@@ -24,7 +24,7 @@ from pebble_migrate.backup import (
     sweep_temporary,
 )
 from pebble_migrate.durable import fsync_dir
-from pebble_migrate.errors import CorruptionError, MigrateError
+from pebble_migrate.errors import CorruptionError, DatabaseInUse, MigrateError
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.state import StateStore
@@ -86,19 +86,26 @@ def resume_impossible_hint(
 
 
 def list_backups(
-    db_path: str | Path | None = None, *, backup_dir: str | Path | None = None
+    db_path: str | Path | None = None,
+    *,
+    backup_dir: str | Path | None = None,
+    everything: bool = False,
 ) -> list[BackupInfo]:
-    """Return the valid backups in the backup directory, oldest first.
+    """Return the valid backups of the database in the backup directory, oldest first.
 
-    Entries that are symlinks are not ours and are skipped; with `db_path`, each backup
-    says whether it shares files (hard links) with that live database.
+    A backup directory may be shared: with `db_path`, only this database's backups are
+    returned (by its database id; by its path for backups taken before it had one), unless
+    `everything`, and each says whether it shares files (hard links) with the live
+    database. Entries that are symlinks are not ours and are skipped.
     """
     if db_path is None and backup_dir is None:
         raise ValueError("give db_path or backup_dir")
     root = backup_dir_for(db_path or "", backup_dir)
     if not root.is_dir():
         return []
-    live = _live_inodes(resolve_database(db_path)) if db_path is not None else None
+    path = resolve_database(db_path) if db_path is not None else None
+    live = _live_inodes(path) if path is not None else None
+    ours = _identity(path) if path is not None and not everything else None
     found = []
     for item in sorted(root.iterdir()):
         if item.name.startswith(".") or item.is_symlink():
@@ -107,11 +114,46 @@ def list_backups(
             info = load_backup(item)
         except BackupError:
             continue  # a directory without valid metadata is not a backup
+        if ours is not None and not _is_ours(info, ours):
+            continue
         if live is not None:
             info = replace(info, shares_live=_shares(info, live))
         found.append(info)
     found.sort(key=lambda b: (b.created_at, b.id))
     return found
+
+
+def others_in(db_path: str | Path, backup_dir: str | Path | None) -> int:
+    """Return how many backups in the directory are of other databases."""
+    everything = list_backups(db_path, backup_dir=backup_dir, everything=True)
+    return len(everything) - len(list_backups(db_path, backup_dir=backup_dir))
+
+
+def _identity(path: Path) -> tuple[str | None, str]:
+    """Return (database id, resolved path) of a database: what tells its backups apart."""
+    return database_id_of(path), str(path)
+
+
+def _is_ours(info: BackupInfo, ours: tuple[str | None, str]) -> bool:
+    database_id, path = ours
+    if database_id is None or info.database_id is None:
+        return database_id is None or info.database_path == path
+    return info.database_id == database_id
+
+
+def database_id_of(path: Path) -> str | None:
+    """Return the database id in a database's state, or None (no state, or unreadable)."""
+    try:
+        db = store.open_database(path, read_only=True)
+    except (MigrateError, OSError):
+        return None
+    try:
+        with StateStore(db, str(path)) as states:
+            return states.read().database_id
+    except MigrateError:
+        return None
+    finally:
+        store.close_database(db)
 
 
 def _live_inodes(db_path: Path) -> set[tuple[int, int]]:
@@ -140,39 +182,36 @@ def _shares(info: BackupInfo, live: set[tuple[int, int]]) -> bool:
 def damage_hint(
     db_path: Path, backup_dir: str | Path | None, file: str | None, cli: str = "pebble-migrate"
 ) -> str:
-    """Return what to do about a damaged table file of the live database: which backups
-    share it (hard links, so damaged too), and which do not (copies, archives, backups
-    from before it existed), naming the one to restore."""
+    """Return what to do about a damaged table file: which backups share it (the very same
+    inode, anywhere in them, so they are damaged too) and which do not (copies, archives,
+    backups from before it existed), naming the newest of those to restore.
+
+    `file` is the damaged file's path as RocksDB named it, or its name in the database."""
     if file is None:
         return f"Check the disk, then restore a backup (`{cli} backup list`)."
+    damaged = Path(file) if Path(file).is_absolute() else db_path / file
     try:
-        st = (db_path / file).lstat()
+        st = damaged.lstat()
         inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         inode = None
     try:
-        backups = [
-            b
-            for b in list_backups(db_path, backup_dir=backup_dir)
-            if b.database_path in ("", str(db_path))
-        ]
+        backups = list_backups(db_path, backup_dir=backup_dir)
     except (MigrateError, OSError):
         backups = []
-    sharing: list[BackupInfo] = []
-    apart: list[BackupInfo] = []
-    for b in backups:
-        try:
-            other = (b.path / DATA / file).lstat() if not b.archive else None
-        except OSError:
-            other = None
-        same = other is not None and inode == (other.st_dev, other.st_ino)
-        (sharing if same else apart).append(b)
+    if not backups:
+        return (
+            f"There is no backup of it in {backup_dir_for(db_path, backup_dir)}. Check the "
+            "disk; restore from a copy kept elsewhere, if any."
+        )
+    sharing = [b for b in backups if inode is not None and _holds(b, inode)]
+    apart = [b for b in backups if b not in sharing]
     parts = []
     if sharing:
         ids = ", ".join(b.id for b in sharing)
         parts.append(
-            f"{file} is the very same file (a hard link) in backup(s) {ids}, so they are "
-            "damaged too."
+            f"{damaged.name} is the very same file (a hard link) in backup(s) {ids}, so they "
+            "are damaged too."
         )
     if apart:
         named = ", ".join(f"{b.id} ({'archive' if b.archive else b.mode})" for b in apart)
@@ -190,6 +229,18 @@ def damage_hint(
     return " ".join(parts)
 
 
+def _holds(info: BackupInfo, inode: tuple[int, int]) -> bool:
+    """Whether a directory backup holds the very file `inode` anywhere in it."""
+    if info.archive:
+        return False
+    for f in info.files:
+        with contextlib.suppress(OSError):
+            st = (info.path / DATA / f.name).lstat()
+            if (st.st_dev, st.st_ino) == inode:
+                return True
+    return False
+
+
 def explain_damage(
     error: MigrateError, db_path: str | Path, backup_dir: str | Path | None, cli: str
 ) -> None:
@@ -199,7 +250,7 @@ def explain_damage(
     corrupt = error if isinstance(error, CorruptionError) else cause
     if not isinstance(corrupt, CorruptionError) or isinstance(corrupt, TableDamaged):
         return
-    file = integrity.damaged_file(corrupt.message)
+    file = integrity.damaged_path(corrupt.message) or integrity.damaged_file(corrupt.message)
     if file is None:
         return
     advice = damage_hint(resolve_database(db_path), backup_dir, file, cli)
@@ -249,7 +300,10 @@ def kept_databases(db_path: str | Path) -> list[KeptDatabase]:
         match = pattern.match(item.name)
         if match is None or item.is_symlink() or not item.is_dir():
             continue
-        when = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        try:
+            when = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not a time a restore writes: not one of ours
         found.append(KeptDatabase(item, when))
     found.sort(key=lambda k: (k.created_at, k.id))
     return found
@@ -352,17 +406,27 @@ def cleanup_backups(
         for b in result.removed:
             remove_backup(b)
             kill_point("cleanup-removed")
-        for k in result.kept_removed:
-            _remove_kept(k)
+        for k in list(result.kept_removed):
+            if not _remove_kept(k):
+                result.kept_removed.remove(k)
+                result.kept_protected.append(k)
             kill_point("cleanup-removed")
     return result
 
 
-def _remove_kept(kept: KeptDatabase) -> None:
+def _remove_kept(kept: KeptDatabase) -> bool:
+    """Remove a kept database; return False (keeping it) if a process has it open."""
+    from pebble_migrate.restore import locked
+
     if kept.path.is_symlink() or not kept.path.is_dir():
-        return  # not a directory a restore made: never followed, never removed
-    shutil.rmtree(kept.path)
+        return False  # not a directory a restore made: never followed, never removed
+    try:
+        with locked(kept.path):
+            shutil.rmtree(kept.path)
+    except DatabaseInUse:
+        return False
     fsync_dir(kept.path.parent)
+    return True
 
 
 def apply_retention(

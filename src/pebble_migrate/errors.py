@@ -115,7 +115,15 @@ class CorruptionError(StorageError):
 class DiskFullError(StorageError):
     """Raised when a write fails because the filesystem is full."""
 
-    def __init__(self, path: str, detail: str, free: int | None, needed: int | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        detail: str,
+        free: int | None,
+        needed: int | None,
+        *,
+        hint: str | None = None,
+    ) -> None:
         self.free = free
         self.needed = needed
         numbers = []
@@ -126,7 +134,8 @@ class DiskFullError(StorageError):
         where = f" ({', '.join(numbers)})" if numbers else ""
         super().__init__(
             f"the disk holding {path} is full{where}: {detail}",
-            hint="Free some space, then run `pebble-migrate force-clean` and "
+            hint=hint
+            or "Free some space, then run `pebble-migrate force-clean` and "
             "`pebble-migrate up`; committed work is kept and resumes where it stopped.",
         )
 

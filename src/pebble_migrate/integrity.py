@@ -100,6 +100,15 @@ def check_settings_files(folder: Path) -> Damage | None:
     return None
 
 
+_PATH = re.compile(r"(/[^:\n]*?/\d+\.(?:sst|blob))(?=\s|$)")
+
+
+def damaged_path(message: str) -> str | None:
+    """Return the full path of the table file a RocksDB error message names, if any."""
+    found = _PATH.findall(message)
+    return found[-1] if found else None
+
+
 def damaged_file(message: str) -> str | None:
     """Return the table file a RocksDB error message names (`000123.sst`), if any."""
     found = _NAMED.findall(message)

@@ -37,7 +37,7 @@ from pebble_migrate.backup import (
     same_filesystem,
     verify_backup,
 )
-from pebble_migrate.durable import exchange, fsync_dir, write_json_atomic
+from pebble_migrate.durable import clone_or_copy, exchange, fsync_dir, write_json_atomic
 from pebble_migrate.errors import (
     DatabaseInUse,
     DatabaseNotFound,
@@ -147,7 +147,7 @@ def restore_backup(
     if ours is not None and not other_database:
         _check_same_database(info, ours)
     kill_point("restore-checked")
-    with _locked(dest):
+    with locked(dest):
         _check_space(info, dest)
         # Sums that match prove these are the bytes RocksDB checked when the backup was
         # made; a backup made before that check existed is checked now. An archive is read
@@ -161,7 +161,7 @@ def restore_backup(
             raise Aborted()
         staging = _staging_path(dest)
         try:
-            _build(info, staging, _file_mode(dest))
+            _build(info, staging, _file_mode(dest), owner_of(dest))
             state = _open_check(staging, info)
             if ours is not None and not other_database and state.database_id != ours:
                 raise OtherDatabase(info.id, state.database_id, ours)
@@ -231,7 +231,7 @@ _KEEP_OPEN: list[int] = []
 
 
 @contextlib.contextmanager
-def _locked(dest: Path) -> Iterator[None]:
+def locked(dest: Path) -> Iterator[None]:
     """Hold the target's RocksDB LOCK so no process opens it during the build and swap."""
     lock = dest / "LOCK"
     if not lock.is_file():
@@ -323,7 +323,7 @@ def _file_mode(dest: Path) -> int:
         return 0o644
 
 
-def _build(info: BackupInfo, staging: Path, mode: int) -> None:
+def _build(info: BackupInfo, staging: Path, mode: int, owner: tuple[int, int]) -> None:
     """Build the restored copy: table files hard-linked (immutable), the rest copied as
     regular files whose permissions are never wider than the source's or the database's
     own (`mode`)."""
@@ -336,13 +336,21 @@ def _build(info: BackupInfo, staging: Path, mode: int) -> None:
         extract_archive(info, staging, mode)
     else:
         staging.mkdir(mode=dir_mode(mode))
-        link = same_filesystem(info.path, staging)
+        # A link backup's table files are linked back (RocksDB never changes them); a copy
+        # backup's are cloned or copied, so that it stays independent of the database.
+        link = info.mode == "link" and same_filesystem(info.path, staging)
         for f in info.files:
             source, target = info.path / DATA / f.name, staging / f.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not (link and f.name.endswith(_IMMUTABLE) and _linked(source, target)):
+            target.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode(mode))
+            table = f.name.endswith(_IMMUTABLE)
+            if table and link and _safe_to_link(source, owner) and _linked(source, target):
+                pass
+            elif table and info.mode != "link":
+                _clone_regular(source, target, mode)
+            else:
                 _copy_regular(source, target, mode)
             kill_point("restore-file")
+    _give_to(staging, owner)
     fsync_dir(staging)
     fsync_dir(staging.parent)
     kill_point("restore-built")
@@ -369,6 +377,44 @@ def _copy_regular(source: Path, target: Path, mode: int) -> None:
             shutil.copyfileobj(src, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
+
+
+def owner_of(dest: Path) -> tuple[int, int]:
+    """Return the (uid, gid) the restored database should belong to: the database's own
+    when one is replaced (a restore often runs as root), else its parent directory's."""
+    for candidate in (dest, dest.parent):
+        with contextlib.suppress(OSError):
+            st = candidate.stat()
+            return st.st_uid, st.st_gid
+    return os.geteuid(), os.getegid()
+
+
+def _safe_to_link(source: Path, owner: tuple[int, int]) -> bool:
+    """Whether a backup's table file may become a file of the database itself: a regular
+    file owned by the database's owner that no one else may write. Anything else is copied,
+    so no other user keeps a way to write into the database."""
+    st = source.lstat()
+    return stat.S_ISREG(st.st_mode) and st.st_uid == owner[0] and not st.st_mode & 0o022
+
+
+def _clone_regular(source: Path, target: Path, mode: int) -> None:
+    """Clone (reflink) or copy a regular file, never through a link, with safe permissions."""
+    st = source.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise BackupError(f"{source} is not a regular file; nothing was changed.")
+    clone_or_copy(source, target, stat.S_IMODE(st.st_mode) & mode)
+
+
+def _give_to(staging: Path, owner: tuple[int, int]) -> None:
+    """Make the restored copy belong to the database's owner (a restore often runs as
+    root; the application, which must open it read-write, usually does not)."""
+    if os.geteuid() != 0:
+        return
+    for path in [staging, *staging.rglob("*")]:
+        st = path.lstat()
+        # A linked table file is already the owner's (see _safe_to_link); copies are new.
+        if (st.st_uid, st.st_gid) != owner and (path.is_dir() or st.st_nlink == 1):
+            os.lchown(path, *owner)
 
 
 def _linked(source: Path, target: Path) -> bool:
@@ -497,9 +543,11 @@ def _settle(record: dict[str, Any]) -> None:
     staging = Path(record["staging"])
     old = staging if record["mode"] == "exchange" else _moved_aside(record)
     keep = record["keep_as"]
-    if not old.exists() or not record["replacing"]:
+    if not os.path.lexists(old) or not record["replacing"]:
         return
-    if keep is None:
+    if old.is_symlink():
+        old.unlink()  # not a directory a restore made: the link goes, never its target
+    elif keep is None:
         shutil.rmtree(old)
     elif old != Path(keep):
         old.rename(keep)
@@ -519,7 +567,7 @@ def recover(dest: str | Path) -> str | None:
     dest = resolve_database(dest)
     journal = _journal_path(dest)
     message = None
-    if journal.exists():
+    if os.path.lexists(journal):
         record = _read_journal(journal, dest)
         pid = record.get("pid")
         if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
@@ -527,26 +575,65 @@ def recover(dest: str | Path) -> str | None:
                 f"a restore into {dest} is running (process {pid}).",
                 hint="Wait for it to finish, then try again; nothing was changed.",
             )
-        message = _recover(dest, record)
-        journal.unlink(missing_ok=True)
-        fsync_dir(journal.parent)
-    _sweep_orphans(dest)
+        try:
+            message = _recover(dest, record)
+            journal.unlink(missing_ok=True)
+            fsync_dir(journal.parent)
+        except OSError as exc:
+            raise BackupError(
+                f"an interrupted restore into {dest} must be settled first, and that failed: "
+                f"{exc.strerror} ({exc.filename}).",
+                hint="Nothing was changed. On a read-only volume, mount it read-write and run "
+                "any command again (it settles the restore), or see the journal "
+                f"{journal} and settle it by hand.",
+            ) from None
+    with contextlib.suppress(OSError):
+        _sweep_orphans(dest)
     return message
 
 
 def _read_journal(journal: Path, dest: Path) -> dict[str, Any]:
+    """Return the journal's record, checked field by field: its paths must be the names a
+    restore into `dest` gives (the staging copy, the kept database), so a journal that was
+    edited or planted can never make recovery move or delete anything else."""
     try:
+        st = journal.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 * 1024:
+            raise ValueError("it is not a small regular file")
         record = json.loads(journal.read_text())
         if not isinstance(record, dict) or any(k not in record for k in _JOURNAL_KEYS):
             raise ValueError("fields are missing")
-    except (OSError, ValueError) as exc:
+        _check_journal(record, dest)
+    except (OSError, ValueError, TypeError) as exc:
         raise BackupError(
-            f"the restore journal {journal} is unreadable ({exc}).",
+            f"the restore journal {journal} is unreadable or not one a restore wrote ({exc}).",
             hint=f"An interrupted restore left it; nothing was changed. Check by hand which of "
-            f"{dest} and the .{dest.name}.restore-* directories beside it holds the database "
+            f"{dest} and the .{_stem(dest)}.restore-* directories beside it holds the database "
             "you want, then delete the journal.",
         ) from None
     return record
+
+
+def _check_journal(record: dict[str, Any], dest: Path) -> None:
+    staging = record["staging"]
+    if not isinstance(staging, str) or not re.fullmatch(
+        rf"\.{re.escape(_stem(dest))}\.restore-\d+", Path(staging).name
+    ):
+        raise ValueError(f"its staging copy {staging!r:.80} is not a name a restore gives")
+    keep = record["keep_as"]
+    if keep is not None and (
+        not isinstance(keep, str) or not kept_pattern(dest).match(Path(keep).name)
+    ):
+        raise ValueError(f"its kept database {keep!r:.80} is not a name a restore gives")
+    if not isinstance(record["staging_inode"], int) or isinstance(record["staging_inode"], bool):
+        raise TypeError("staging_inode is not a number")
+    if not isinstance(record["replacing"], bool):
+        raise TypeError("replacing is not true or false")
+    if record["mode"] not in ("exchange", "rename"):
+        raise ValueError(f"mode {record['mode']!r:.40} is unknown")
+    pid = record.get("pid")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+        raise TypeError("pid is not a number")
 
 
 def _sweep_orphans(dest: Path) -> None:

@@ -98,7 +98,8 @@ def list_cmd() -> None:
     found = catalog.list_backups(s.database_path(), backup_dir=s.backups())
     kept = catalog.kept_databases(s.database_path())
     where = backups.backup_dir_for(s.database_path(), s.backups())
-    renderer(s).backups(found, kept, where)
+    others = catalog.others_in(s.database_path(), s.backups())
+    renderer(s).backups(found, kept, where, others)
 
 
 @backup.command("verify")
@@ -179,7 +180,7 @@ def restore_cmd(
 
 def _target(s: Settings, target: str | None) -> str:
     flag = s.database
-    if target and flag and target.rstrip("/") != flag.rstrip("/"):
+    if target and flag and resolve_database(target) != resolve_database(flag):
         raise UsageError(
             f"two targets given: {target} and --database {flag}.",
             hint="Give the database once, as TARGET or with -d.",
@@ -238,7 +239,7 @@ def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
     for k in result.kept_removed:
         out.say(f"{verb} {k.id}  (the database a restore replaced)")
     for k in result.kept_protected:
-        out.say(f"kept {k.id} (the newest database a restore replaced; --force removes it)")
+        out.say(f"kept {k.id} (the newest database a restore replaced, or in use)")
     gone = len(result.removed) + len(result.kept_removed)
     out.say(f"{gone} {verb}, {len(result.kept) + len(result.protected)} kept.")
 

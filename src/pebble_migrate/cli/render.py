@@ -447,7 +447,11 @@ class Renderer:
             self.say(f"{'Would create' if dry_run else 'Created'} {path!s}")
 
     def backups(
-        self, found: Sequence[BackupInfo], kept: Sequence[KeptDatabase], where: Path
+        self,
+        found: Sequence[BackupInfo],
+        kept: Sequence[KeptDatabase],
+        where: Path,
+        others: int = 0,
     ) -> None:
         """Show `backup list`: the backups, then the databases restores kept."""
         if self.json:
