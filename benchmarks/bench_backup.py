@@ -221,10 +221,12 @@ def reading(rows: list[Row]) -> str:
         f"at {large.label}), which is the cost of the automatic backup before each migration. "
         f"A copy backup costs {_s(large.copy_s)} at {large.label} by {large.copied_by}: "
         + (
-            "a reflink shares the blocks copy-on-write, so it costs about as little as the "
-            "links while sharing no file with the live database. "
+            "the reflink itself is instant (the blocks are shared copy-on-write, yet no file "
+            "is shared with the live database); the time goes to reading every file back "
+            "against the sum recorded when it was first checked. "
             if large.copied_by == "reflink"
-            else "a plain copy writes the data again, so it grows with the data. "
+            else "a plain copy writes the data again and reads it back against its first "
+            "recorded sum, so it grows with the data. "
         )
         + "The archive copies and compresses the data: it grows linearly, about "
         f"{rate:.0f} MB/s here on random values. Restore time is mostly the checksum "

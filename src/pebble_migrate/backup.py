@@ -25,6 +25,7 @@ from pebble_migrate.errors import (
     InsufficientSpace,
     MigrateError,
     UsageError,
+    reports_filesystem_errors,
 )
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import default_backup_dir, resolve_database
@@ -173,6 +174,7 @@ MODES = ("link", "copy")
 files (reflinks where the filesystem can clone, plain copies elsewhere)."""
 
 
+@reports_filesystem_errors("backup create")
 def create_backup(
     db_path: str | Path,
     *,
@@ -198,6 +200,7 @@ def create_backup(
         store.close_database(db)
 
 
+@reports_filesystem_errors("backup")
 def create_backup_of_open(
     db: rocksdict.Rdict,
     db_path: str | Path,
@@ -641,6 +644,7 @@ def load_backup(path: Path) -> BackupInfo:
 _LEFT_BY_OPENS = re.compile(r"^(LOCK|LOG|LOG\.old\.\d+)$")
 
 
+@reports_filesystem_errors("backup verify")
 def verify_backup(info: BackupInfo, data_dir: Path | None = None, *, tables: bool = True) -> None:
     """Raise BackupCorrupt unless the backup holds exactly its recorded files, each a
     regular file (no symlink, device or directory in its place) with its recorded size

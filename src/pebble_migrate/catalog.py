@@ -24,7 +24,12 @@ from pebble_migrate.backup import (
     sweep_temporary,
 )
 from pebble_migrate.durable import fsync_dir
-from pebble_migrate.errors import CorruptionError, DatabaseInUse, MigrateError
+from pebble_migrate.errors import (
+    CorruptionError,
+    DatabaseInUse,
+    MigrateError,
+    reports_filesystem_errors,
+)
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.state import StateStore
@@ -85,6 +90,7 @@ def resume_impossible_hint(
     )
 
 
+@reports_filesystem_errors("backup list")
 def list_backups(
     db_path: str | Path | None = None,
     *,
@@ -373,6 +379,7 @@ def select_for_cleanup(
     return CleanupResult(removed, protected, kept)
 
 
+@reports_filesystem_errors("backup cleanup")
 def cleanup_backups(
     db_path: str | Path,
     *,
@@ -429,6 +436,7 @@ def _remove_kept(kept: KeptDatabase) -> bool:
     return True
 
 
+@reports_filesystem_errors("backup retention")
 def apply_retention(
     db_path: str | Path,
     *,

@@ -22,6 +22,7 @@ from pebble_migrate.errors import (
     PlanError,
     UsageError,
     release_frames,
+    reports_filesystem_errors,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
 from pebble_migrate.executor import (
@@ -141,6 +142,7 @@ class StatusReport:
         return self.reading.check_code(bool(self.pending) and not self.fresh_empty)
 
 
+@reports_filesystem_errors("status")
 def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) -> StatusReport:
     """Return the state, pending migrations and recent history (read-only)."""
     migrations = registry.ordered() if registry is not None else []
@@ -170,6 +172,7 @@ def status(db_path: str | Path, registry: Registry | None, *, history: int = 5) 
     )
 
 
+@reports_filesystem_errors("history")
 def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRecord]:
     """Return the history records, oldest first (read-only)."""
     with opened(db_path, read_only=True) as session:
@@ -212,6 +215,7 @@ class Outcome:
     """For a rerun: the applied migrations after the one rerun (allowed explicitly)."""
 
 
+@reports_filesystem_errors("up")
 def up(
     db_path: str | Path,
     registry: Registry,
@@ -263,6 +267,7 @@ def up(
         return Outcome(plan, _execute(session, plan, opts), fresh)
 
 
+@reports_filesystem_errors("down")
 def down(
     db_path: str | Path,
     registry: Registry,
@@ -379,6 +384,7 @@ def _partly_applied(state: State, records: dict[tuple[str, str], RunRecord]) -> 
     return {mid for mid in partial if mid not in state.applied}
 
 
+@reports_filesystem_errors("rerun")
 def rerun(
     db_path: str | Path,
     registry: Registry,

@@ -25,6 +25,8 @@ def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"fsync failed: {exc.strerror}", str(path)) from None
     finally:
         os.close(fd)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import ParamSpec, TypeVar
 
 from pebble_migrate.units import format_bytes
 
@@ -138,6 +142,57 @@ class DiskFullError(StorageError):
             or "Free some space, then run `pebble-migrate force-clean` and "
             "`pebble-migrate up`; committed work is kept and resumes where it stopped.",
         )
+
+
+class FilesystemError(StorageError):
+    """Raised when a file operation outside RocksDB fails (an I/O error, a read-only or full
+    filesystem, a quota); the message names the operation and the path."""
+
+    def __init__(self, operation: str, exc: OSError) -> None:
+        self.errno = exc.errno
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = "The filesystem is full (or the quota is used up): free some space there"
+        elif exc.errno == errno.EROFS:
+            hint = "The filesystem is read-only: mount it read-write"
+        elif exc.errno == errno.EIO:
+            hint = "The disk reported an I/O error: check it (the kernel log says more)"
+        else:
+            hint = "Check that path and its permissions"
+        super().__init__(
+            f"{operation} failed: {reason}{where}.",
+            hint=f"{hint}, then run the command again; whatever it had committed is kept, "
+            "and `pebble-migrate status` says where things stand.",
+        )
+
+
+@contextlib.contextmanager
+def filesystem_errors(operation: str) -> Iterator[None]:
+    """Turn an OSError raised in the block into a FilesystemError naming `operation`."""
+    try:
+        yield
+    except OSError as exc:
+        raise FilesystemError(operation, exc) from exc
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reports_filesystem_errors(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a public verb so that a failing file operation inside it is a
+    FilesystemError naming the verb, never a bare OSError."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def verb(*args: P.args, **kwargs: P.kwargs) -> R:
+            with filesystem_errors(operation):
+                return fn(*args, **kwargs)
+
+        return verb
+
+    return decorate
 
 
 class InsufficientSpace(MigrateError):

@@ -10,7 +10,7 @@ from pathlib import Path
 from pebble_migrate import plan as planner
 from pebble_migrate import transitions
 from pebble_migrate.commands import Aborted, Confirm, always, opened
-from pebble_migrate.errors import UsageError
+from pebble_migrate.errors import UsageError, reports_filesystem_errors
 from pebble_migrate.executor import run_records
 from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import is_valid_name
@@ -31,6 +31,7 @@ class ForceCleanResult:
         return iter((self.before, self.after))
 
 
+@reports_filesystem_errors("force-clean")
 def force_clean(
     db_path: str | Path, *, confirm: Confirm = always, dry_run: bool = False
 ) -> ForceCleanResult:
@@ -78,6 +79,7 @@ class RepairReport:
     version_fixed: tuple[int, int] | None
 
 
+@reports_filesystem_errors("repair")
 def repair(
     db_path: str | Path, *, confirm: Confirm = always, dry_run: bool = False
 ) -> RepairReport:
@@ -131,6 +133,7 @@ def repair(
         return RepairReport(missing, fix)
 
 
+@reports_filesystem_errors("create")
 def create(
     directory: str | Path, name: str, *, now: datetime | None = None, dry_run: bool = False
 ) -> Path:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -44,12 +45,14 @@ from pebble_migrate.errors import (
     InsufficientSpace,
     MigrateError,
     NotADatabase,
+    reports_filesystem_errors,
 )
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database, stem
 from pebble_migrate.state import State, StateStore
 from pebble_migrate.units import utc_now
 
+log = logging.getLogger("pebble_migrate")
 _IMMUTABLE = (".sst", ".blob")
 _ROCKSDB_NAME = re.compile(
     r"^(CURRENT|IDENTITY|LOCK|LOG(\.old\..*)?|MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob))$"
@@ -121,6 +124,7 @@ def resolve(source: str, db_path: str | Path, backup_dir: str | Path | None = No
     raise NotABackup(source, f"no such path, and no backup with that id in {root}")
 
 
+@reports_filesystem_errors("backup restore")
 def restore_backup(
     source: str | BackupInfo,
     target: str | Path,
@@ -520,9 +524,16 @@ def _swap(staging: Path, dest: Path, discard: bool) -> Path | None:
         if isinstance(exc, OSError):
             raise _swap_error(exc, dest) from None
         raise
-    journal.unlink()
-    kill_point("restore-journal-removed")
-    fsync_dir(dest.parent)
+    try:
+        journal.unlink()
+        kill_point("restore-journal-removed")
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        # The restore is done; a journal left behind is settled (finished) by the next
+        # command, which finds the copy in place.
+        log.warning(
+            "the restore is done, but its journal stays (%s); the next command settles it", exc
+        )
     return keep
 
 
@@ -558,6 +569,7 @@ def _settle(record: dict[str, Any]) -> None:
 # --- recovery -----------------------------------------------------------------------
 
 
+@reports_filesystem_errors("settling an interrupted restore")
 def recover(dest: str | Path) -> str | None:
     """Finish or undo a restore into `dest` that was killed; return what was done, or None.
 

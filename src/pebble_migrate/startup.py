@@ -21,6 +21,7 @@ from pebble_migrate.errors import (
     PendingMigrations,
     UsageError,
     release_frames,
+    reports_filesystem_errors,
 )
 from pebble_migrate.events import log_reporter
 from pebble_migrate.executor import Executor, RunReport, initialize, run_records
@@ -58,6 +59,7 @@ def default_startup_options() -> StartupOptions:
     return StartupOptions()
 
 
+@reports_filesystem_errors("the start-up check")
 def check_and_run_startup_migrations(
     db: rocksdict.Rdict, db_path: str | Path, opts: StartupOptions | None = None
 ) -> RunReport | None:

@@ -12,7 +12,7 @@ from pebble_migrate import plan as planner
 from pebble_migrate.commands import opened
 from pebble_migrate.context import validation_problems
 from pebble_migrate.cursor import RunRecord
-from pebble_migrate.errors import CorruptStateError, MigrateError
+from pebble_migrate.errors import CorruptStateError, MigrateError, reports_filesystem_errors
 from pebble_migrate.executor import run_records
 from pebble_migrate.migration import Migration
 from pebble_migrate.paths import resolve_database
@@ -41,6 +41,7 @@ class ValidationReport:
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
 
 
+@reports_filesystem_errors("validate")
 def validate(db_path: str | Path, registry: Registry, *, deep: bool = False) -> ValidationReport:
     """Check the registry, the state's consistency and each applied migration's data.
 

@@ -12,7 +12,7 @@ import click
 
 from pebble_migrate.cli.options import Settings, global_options, settings
 from pebble_migrate.cli.render import Renderer
-from pebble_migrate.errors import EXIT_SIGINT, MigrateError
+from pebble_migrate.errors import EXIT_SIGINT, FilesystemError, MigrateError
 
 
 class _Group(click.Group):
@@ -21,7 +21,16 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except MigrateError as exc:
+        except (MigrateError, OSError) as raised:
+            # The library reports file errors itself; an OSError that still escapes it is
+            # shown the same way, never as a traceback.
+            exc = (
+                raised
+                if isinstance(raised, MigrateError)
+                else FilesystemError(
+                    f"pebble-migrate {ctx.invoked_subcommand or ''}".strip(), raised
+                )
+            )
             s = settings()
             _name_the_backups_that_repair(exc, s)
             Renderer(json_mode=s.json, verbose=s.verbose).error(exc)
