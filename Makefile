@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick crashtest crashtest-long modeltest-long clean
+.PHONY: demo test lint typecheck unit coverage bench bench-quick crashtest crashtest-long \
+        crashtest-kills modeltest-long sweep-long faults-long fuzz-long \
+        reliability-long clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +28,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The whole suite under branch coverage (subprocesses included).
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
+
+coverage: unit
+	$(BIN)/coverage html --directory .coverage-data/html
 
 crashtest: $(STAMP)
 	$(BIN)/python scripts/crashtest.py --quick
@@ -37,9 +46,37 @@ crashtest-long: $(STAMP)
 
 # The model-based test of tests/test_model.py at length; CI runs a few examples of it.
 modeltest-long: $(STAMP)
+	mkdir -p $(RESULTS)
 	PEBBLE_MIGRATE_MODEL_EXAMPLES=1000 PEBBLE_MIGRATE_MODEL_STEPS=40 \
-	PEBBLE_MIGRATE_MODEL_TALLY=benchmarks/results/model-long.json \
+	PEBBLE_MIGRATE_MODEL_TALLY=$(RESULTS)/model.json \
 	$(BIN)/pytest -q tests/test_model.py
+
+# The long modes of the reliability suite; each writes its counts to benchmarks/results/
+# (the figures of docs/reliability.md). CI runs every one of them in its quick form.
+RESULTS := benchmarks/results/reliability
+
+crashtest-kills: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/python scripts/crashtest.py --keys 50000 --kills 1000 --chunk 1000 \
+	    --report $(RESULTS)/random-kills.json
+
+sweep-long: $(STAMP)
+	mkdir -p $(RESULTS)
+	PEBBLE_MIGRATE_SWEEP_TALLY=$(RESULTS)/kill-sweep.json \
+	$(BIN)/pytest -q tests/crash/test_kill_sweep.py
+
+faults-long: $(STAMP)
+	mkdir -p $(RESULTS)
+	PEBBLE_MIGRATE_FAULTS=all PEBBLE_MIGRATE_FAULTS_TALLY=$(RESULTS)/faults.json \
+	$(BIN)/pytest -q tests/crash/test_faults.py
+
+# 3 fuzz tests x 33,334 examples: just over 100,000.
+fuzz-long: $(STAMP)
+	mkdir -p $(RESULTS)
+	PEBBLE_MIGRATE_FUZZ_EXAMPLES=33334 PEBBLE_MIGRATE_FUZZ_TALLY=$(RESULTS)/fuzz.json \
+	$(BIN)/pytest -q tests/test_fuzz.py
+
+reliability-long: sweep-long faults-long fuzz-long crashtest-kills modeltest-long
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
@@ -48,4 +85,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage-data

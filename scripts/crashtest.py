@@ -314,6 +314,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="CI size: 30,000 keys, 25 kills")
     parser.add_argument("--work", type=Path, default=None, help="keep databases here")
+    parser.add_argument("--report", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()
     if args.quick:
         args.keys, args.kills, args.chunk = 30_000, 25, 500
@@ -339,25 +340,26 @@ def main() -> int:
                 flush=True,
             )
     took = time.monotonic() - started
-    print(
-        json.dumps(
-            {
-                "seed": seed,
-                "keys": args.keys,
-                "chunk": args.chunk,
-                "trials": tally.trials,
-                "kills": tally.total_kills,
-                "kills_by_kind": tally.kills,
-                "restarts_cli": tally.restarts_cli,
-                "restarts_app": tally.restarts_app,
-                "checked_keys": tally.checked_keys,
-                "mismatches": tally.mismatches,
-                "seconds": round(took, 1),
-            },
-            indent=2,
-            sort_keys=True,
-        )
+    summary = json.dumps(
+        {
+            "seed": seed,
+            "keys": args.keys,
+            "chunk": args.chunk,
+            "trials": tally.trials,
+            "kills": tally.total_kills,
+            "kills_by_kind": tally.kills,
+            "restarts_cli": tally.restarts_cli,
+            "restarts_app": tally.restarts_app,
+            "checked_keys": tally.checked_keys,
+            "mismatches": tally.mismatches,
+            "seconds": round(took, 1),
+        },
+        indent=2,
+        sort_keys=True,
     )
+    print(summary)
+    if args.report is not None:
+        args.report.write_text(summary + "\n")
     return 1 if tally.mismatches else 0
 
 

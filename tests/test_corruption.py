@@ -131,6 +131,10 @@ def test_damage_to_the_live_database_is_found_and_named(
     assert deep.exit_code in (1, 7), deep.output
     assert named in deep.output, deep.output
     assert "Traceback" not in deep.output
+    # ... and says the way out: restore a backup (or, for a newer state, upgrade).
+    way_out = "Upgrade pebble-migrate" if "newer" in damage else "backup restore ID --force"
+    assert way_out in deep.stderr, deep.stderr
+    assert "down VERSION" not in deep.stderr, deep.stderr
     # No command hides it: each one either works (it reads nothing damaged) or fails
     # naming it, with a documented exit code and no traceback.
     for command in (["status"], ["up"], ["validate"]):

@@ -157,6 +157,20 @@ def test_public_name_is_documented(name: str) -> None:
     assert re.search(pattern, all_docs()), f"pebble_migrate.{name} is not in docs/"
 
 
+ERRORS = sorted(
+    name
+    for name in pebble_migrate.__all__
+    if isinstance(getattr(pebble_migrate, name), type)
+    and issubclass(getattr(pebble_migrate, name), pebble_migrate.MigrateError)
+)
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_every_error_has_a_row_in_the_errors_table(name: str) -> None:
+    table = (DOCS / "integration.md").read_text().split("### Errors", 1)[1]
+    assert f"| `pebble_migrate.{name}` |" in table, f"{name} has no row in integration.md's errors"
+
+
 def test_startup_api_and_backup_verbs_are_documented() -> None:
     text = all_docs()
     for name in (

@@ -153,6 +153,17 @@ WEIRD_TEXT = st.one_of(
 )
 
 
+_TEMPLATE: list[Path] = []
+
+
+def _template() -> Path:
+    """One database made once and copied into every example (creating is the slow part)."""
+    if not _TEMPLATE:
+        root = Path(tempfile.mkdtemp(prefix="pm-fuzz-template-"))
+        _TEMPLATE.append(create_database(root / "db", {b"k:%02d" % i: b"v" for i in range(20)}))
+    return _TEMPLATE[0]
+
+
 @contextlib.contextmanager
 def workspace() -> Iterator[Path]:
     """A fresh database, its migrations and a working directory three levels below the
@@ -160,7 +171,7 @@ def workspace() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="pm-fuzz-"))
     cwd = root / "a" / "b" / "c"
     cwd.mkdir(parents=True)
-    create_database(cwd / "db", {b"k:%02d" % i: b"v" for i in range(20)})
+    shutil.copytree(_template(), cwd / "db")
     (cwd / "migrations").mkdir()
     (cwd / "migrations" / "1700000000_plus.py").write_text(GOOD)
     old = Path.cwd()
@@ -355,6 +366,8 @@ def _damage_state(db: Path, key: str, field: str | None, value: Any, raw: bytes 
 
 
 def teardown_module() -> None:
+    for made in _TEMPLATE:
+        shutil.rmtree(made.parent, ignore_errors=True)
     target = os.environ.get("PEBBLE_MIGRATE_FUZZ_TALLY")
     if target:
         Path(target).write_text(json.dumps(dict(TALLY), indent=2, sort_keys=True))

@@ -80,10 +80,9 @@ class Session:
         try:
             store.close_database(self.db)
         except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+            gc.collect()  # a failed close still lets go of the LOCK once the object is gone
             if not quiet:
                 raise store.translate(exc, self.path) from None
-        finally:
-            gc.collect()  # a failed close still lets go of the LOCK once the object is gone
 
     def reopen(self) -> None:
         """Close (ignoring errors: the handle may be dead after a failed write) and reopen."""

@@ -416,6 +416,7 @@ class ValidationFailed(MigrateError):
         *,
         migration_id: str | None = None,
         cli: str = "pebble-migrate",
+        way_out: str = "",
     ) -> None:
         self.problems = tuple(problems)
         self.migration_id = migration_id
@@ -423,7 +424,8 @@ class ValidationFailed(MigrateError):
         if migration_id is None:
             super().__init__(
                 f"validation found {listing}",
-                hint=f"See `{cli} validate --verbose`; to undo the last migration, "
+                hint=way_out
+                or f"See `{cli} validate --verbose`; to undo the last migration, "
                 f"run `{cli} down VERSION`.",
             )
             return

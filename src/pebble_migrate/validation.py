@@ -27,6 +27,8 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    way_out: str = ""
+    """What to do when the check failed (empty: the report's general advice applies)."""
 
 
 @dataclass
@@ -39,6 +41,15 @@ class ValidationReport:
     def problems(self) -> list[str]:
         """The failed checks, as `name: detail`."""
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+    @property
+    def way_out(self) -> str:
+        """The next steps for the failed checks, most serious first, each said once."""
+        steps: list[str] = []
+        for check in self.checks:
+            if not check.ok and check.way_out and check.way_out not in steps:
+                steps.append(check.way_out)
+        return " ".join(steps)
 
 
 @reports_filesystem_errors("validate")
@@ -55,7 +66,10 @@ def validate(db_path: str | Path, registry: Registry, *, deep: bool = False) -> 
     checks.append(Check("registry", True, f"{len(migrations)} migration(s), order resolved"))
     path = resolve_database(db_path)
     if deep:
-        checks.extend(_storage_checks(path))
+        storage = _storage_checks(path)
+        checks.extend(storage)
+        if any(c.name == "open" for c in storage):
+            return ValidationReport(checks)  # nothing further can be read
     try:
         with opened(path, read_only=True) as session:
             db, states = session.db, session.states
@@ -72,30 +86,57 @@ def validate(db_path: str | Path, registry: Registry, *, deep: bool = False) -> 
         if not deep:
             raise
         name = "state records" if isinstance(exc, CorruptStateError) else "open"
-        checks.append(Check(name, False, exc.message.rstrip(".")))
+        checks.append(Check(name, False, exc.message.rstrip("."), exc.hint or ""))
     return ValidationReport(checks)
 
 
+RESTORE = (
+    "The database's files are damaged: stop the application and write nothing more to it. "
+    "Restore the last good backup (`pebble-migrate backup list`, then "
+    "`pebble-migrate backup restore ID --force`); with no backup, copy the directory aside "
+    "before trying anything else."
+)
+
+
+STATUS = "Run `pebble-migrate status`: it says how to finish or undo what is left halfway."
+REPAIR = "Run `pebble-migrate repair` to rebuild the version and the history from the applied set."
+
+
 def _storage_checks(path: Path) -> list[Check]:
-    """Read every table file's blocks and the write-ahead log back through RocksDB."""
-    tables = integrity.check_tables(path)
-    wal = integrity.check_wal(path)
+    """Read the settings files, every table file's blocks and the write-ahead log back.
+
+    A database that does not open at all gives one `open` check (the others would only
+    repeat its error), and nothing after it is read.
+    """
     settings = integrity.check_settings_files(path)
-    return [
+    checks = [
         Check(
             "settings files",
             settings is None,
             "rocksdict-config.json and OPTIONS read back whole"
             if settings is None
             else settings.detail,
-        ),
+            RESTORE,
+        )
+    ]
+    try:
+        store.close_database(store.open_database(path, read_only=True))
+    except MigrateError as exc:
+        checks.append(Check("open", False, exc.message.rstrip("."), RESTORE))
+        return checks
+    tables = integrity.check_tables(path)
+    wal = integrity.check_wal(path)
+    checks.append(
         Check(
             "table files",
             tables is None,
             "every block of every table file reads back intact"
             if tables is None
             else f"{tables.file or 'the database'} is damaged: {_short(tables.detail)}",
-        ),
+            RESTORE,
+        )
+    )
+    checks.append(
         Check(
             "write-ahead log",
             wal is None,
@@ -103,8 +144,12 @@ def _storage_checks(path: Path) -> list[Check]:
             if wal is None
             else f"damaged: {_short(wal.detail)} (RocksDB drops the log from the damaged record "
             "on when it opens the database; after a crash during a write that is expected)",
-        ),
-    ]
+            "If a process died while writing, the damaged record is that unfinished write, "
+            "which was never acknowledged: nothing is lost and the next open drops it. "
+            "Otherwise, treat it as damage. " + RESTORE,
+        )
+    )
+    return checks
 
 
 def _view_checks(
@@ -144,13 +189,21 @@ def _state_checks(
     seen: set[str],
 ) -> list[Check]:
     if not state.initialized:
-        return [Check("state", False, "no migration state recorded yet; run `up`")]
+        return [
+            Check(
+                "state",
+                False,
+                "no migration state recorded yet",
+                "Run `pebble-migrate up` to apply the migrations (it records the state).",
+            )
+        ]
     checks = [
         Check(
             "status",
             state.status is Status.CLEAN,
             f"status is {state.status.value}"
             + (f" ({state.in_progress.id})" if state.in_progress else ""),
+            STATUS,
         ),
     ]
     expected = planner.version_of(state.applied)
@@ -159,6 +212,7 @@ def _state_checks(
             "version",
             expected == state.current_version,
             f"recorded {state.current_version}, applied set says {expected}",
+            REPAIR,
         )
     )
     known = {m.id: m for m in migrations}
@@ -170,6 +224,8 @@ def _state_checks(
             "applied but missing from the migrations directory: " + ", ".join(lost)
             if lost
             else "every applied migration has its code",
+            "Put the missing migration files back in the migrations directory (from version "
+            "control): rolling back needs their down().",
         )
     )
     unmet = sorted(
@@ -179,15 +235,24 @@ def _state_checks(
         for dep in known[mid].dependencies
         if dep not in state.applied
     )
-    checks.append(Check("dependencies", not unmet, "; ".join(unmet) or "all met"))
+    checks.append(
+        Check(
+            "dependencies",
+            not unmet,
+            "; ".join(unmet) or "all met",
+            "Apply what is missing (`pebble-migrate up`), or roll back what needs it "
+            "(`pebble-migrate down VERSION`).",
+        )
+    )
     no_history = sorted(mid for mid in state.applied if mid not in seen)
     checks.append(
         Check(
             "history",
             not no_history,
-            "no history for " + ", ".join(no_history) + " (run `repair`)"
+            "no history for " + ", ".join(no_history)
             if no_history
             else "every applied id has history",
+            REPAIR,
         )
     )
     partial = sorted(f"{mid} ({r.describe()})" for (mid, _), r in records.items())
@@ -196,6 +261,7 @@ def _state_checks(
             "progress",
             not partial,
             "partly applied: " + ", ".join(partial) if partial else "no partly applied migration",
+            STATUS,
         )
     )
     return checks
@@ -203,4 +269,10 @@ def _state_checks(
 
 def _run_validate(db: rocksdict.Rdict, migration: Migration, where: str) -> Check:
     problems = validation_problems(db, migration, where)
-    return Check(f"validate {migration.id}", not problems, "; ".join(problems) or "ok")
+    return Check(
+        f"validate {migration.id}",
+        not problems,
+        "; ".join(problems) or "ok",
+        f"The data does not pass {migration.id}'s own check: fix the data or the check, or "
+        "undo the migration with `pebble-migrate down VERSION`.",
+    )

@@ -77,4 +77,4 @@ def validate(deep: bool) -> None:
     report = validation.validate(s.database_path(), s.registry(), deep=deep)
     renderer(s).validation(report)
     if report.problems:
-        raise ValidationFailed(report.problems)
+        raise ValidationFailed(report.problems, way_out=report.way_out)
