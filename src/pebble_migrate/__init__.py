@@ -55,6 +55,7 @@ from pebble_migrate.startup import (
     StartupOptions,
     check_and_run_startup_migrations,
     default_startup_options,
+    open_database,
 )
 from pebble_migrate.state import HistoryRecord, State, Status, read_state
 from pebble_migrate.validation import validate
@@ -123,6 +124,7 @@ __all__ = [
     "history",
     "list_backups",
     "load_migrations",
+    "open_database",
     "read_state",
     "recover_interrupted_restore",
     "register",
