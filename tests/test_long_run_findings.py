@@ -139,3 +139,10 @@ def test_open_database_creates_only_when_asked(tmp_path: Path) -> None:
     made = pm.open_database(tmp_path / "new.db", create=True)
     made.close()
     assert (tmp_path / "new.db" / "CURRENT").is_file()
+
+
+def test_a_tilde_of_no_known_user_is_a_plain_name(tmp_path: Path, invoke: Invoke) -> None:
+    """Found by the 100,000-example fuzz run: `-d ~0` raised RuntimeError."""
+    shown = invoke("status", "-d", "~0", "-m", str(tmp_path))
+    assert shown.exit_code == 1
+    assert "~0" in shown.stderr and "Traceback" not in shown.stderr
