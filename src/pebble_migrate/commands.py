@@ -270,18 +270,31 @@ def up(
 def down(
     db_path: str | Path,
     registry: Registry,
-    target: str,
+    target: str | None = None,
     *,
+    steps: int | None = None,
     dry_run: bool = False,
     options: RunOptions | None = None,
 ) -> Outcome:
-    """Roll back every applied migration above `target` (0 rolls back all)."""
+    """Roll back every applied migration above `target` (0 rolls back all), or, with
+    `steps`, the `steps` applied migrations with the highest versions."""
     opts = options or RunOptions()
     migrations = registry.ordered()
-    version = planner.resolve_version(migrations, target, allow_zero=True)
+    if (target is None) == (steps is None):
+        raise UsageError(
+            "say how far to roll back: a VERSION or --steps N"
+            + (", not both." if target is not None else "."),
+            hint=f"`{opts.cli_name} down VERSION` keeps VERSION applied and rolls back what "
+            f"is above it (0 = everything); `{opts.cli_name} down --steps 1` rolls back the "
+            "newest applied migration.",
+        )
+    if target is not None:
+        version = planner.resolve_version(migrations, target, allow_zero=True)
     with opened(db_path, read_only=dry_run) as session:
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
+        if steps is not None:
+            version = planner.steps_back(state.applied, steps, opts.cli_name)
         records = run_records(states)
         reading = transitions.read(state, records, {m.id: m for m in migrations})
         transitions.decide(reading, "down", opts.cli_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
@@ -38,6 +39,20 @@ class MigrateError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+DEFAULT_CLI = "pebble-migrate"
+
+
+def name_the_cli(exc: MigrateError, cli: str) -> MigrateError:
+    """Make the commands an error's message and hint suggest use `cli` (the name the
+    application runs pebble-migrate by, e.g. `myapp db`) instead of `pebble-migrate`."""
+    if cli != DEFAULT_CLI:
+        for attribute in ("message", "hint"):
+            text = getattr(exc, attribute)
+            if text:
+                setattr(exc, attribute, re.sub(rf"`{DEFAULT_CLI}(?=[ `])", f"`{cli}", text))
+    return exc
 
 
 # --- configuration and invocation -------------------------------------------------

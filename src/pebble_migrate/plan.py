@@ -192,6 +192,25 @@ def _up_to(todo: list[Migration], target: int) -> list[Migration]:
     return [m for m in todo if m.id in chosen]
 
 
+def steps_back(applied: Collection[str], steps: int, cli: str = "pebble-migrate") -> int:
+    """Return the version `down` stops at to roll back the `steps` applied migrations with
+    the highest versions (the ones `down VERSION` would take first)."""
+    newest = sorted(applied, key=parse_id, reverse=True)
+    if steps < 1:
+        raise PlanError(
+            f"--steps must be 1 or more, not {steps}.",
+            hint=f"`{cli} down --steps 1` rolls back the newest applied migration.",
+        )
+    if steps > len(newest):
+        raise PlanError(
+            f"cannot roll back {steps} migration(s): only {len(newest)} applied.",
+            hint=f"Nothing was changed. `{cli} down 0` rolls back every applied migration."
+            if newest
+            else "Nothing was changed, and there is nothing to roll back.",
+        )
+    return parse_id(newest[steps]) if steps < len(newest) else 0
+
+
 def plan_down(
     migrations: Sequence[Migration],
     applied: Collection[str],

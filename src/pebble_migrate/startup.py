@@ -20,6 +20,7 @@ from pebble_migrate.errors import (
     NotCleanError,
     PendingMigrations,
     UsageError,
+    name_the_cli,
     release_frames,
     reports_filesystem_errors,
 )
@@ -81,6 +82,7 @@ def check_and_run_startup_migrations(
 
         chosen = opts or default_startup_options()
         explain_damage(exc, db_path, chosen.backup_dir, chosen.cli_name)
+        name_the_cli(exc, chosen.cli_name)
         raise
     except BaseException as exc:
         release_frames(exc)

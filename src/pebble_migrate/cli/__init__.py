@@ -28,12 +28,12 @@ class _Group(click.Group):
                 raised
                 if isinstance(raised, MigrateError)
                 else FilesystemError(
-                    f"pebble-migrate {ctx.invoked_subcommand or ''}".strip(), raised
+                    f"{settings().cli_name} {ctx.invoked_subcommand or ''}".strip(), raised
                 )
             )
             s = settings()
             _name_the_backups_that_repair(exc, s)
-            Renderer(json_mode=s.json, verbose=s.verbose).error(exc)
+            Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name).error(exc)
             ctx.exit(exc.exit_code)
 
 
@@ -43,10 +43,12 @@ def _name_the_backups_that_repair(exc: MigrateError, s: Settings) -> None:
 
     # No database named, or a bad setting: the error stands as it is.
     with contextlib.suppress(MigrateError):
-        explain_damage(exc, s.database_path(), s.backups(), "pebble-migrate")
+        explain_damage(exc, s.database_path(), s.backups(), s.cli_name)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "pebble-migrate", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @global_options
 @click.version_option(package_name="pebble-migrate")
 def cli() -> None:
@@ -57,6 +59,7 @@ def cli() -> None:
     4 not clean, 5 database in use, 6 migration failed, 7 validation failed,
     130/143 interrupted by SIGINT/SIGTERM.
     """
+    settings().cli_name = click.get_current_context().command_path
     _configure_logging()
 
 

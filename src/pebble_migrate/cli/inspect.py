@@ -16,7 +16,7 @@ from pebble_migrate.registry import Registry
 
 def renderer(s: Settings) -> Renderer:
     """Return the renderer for the current options."""
-    return Renderer(json_mode=s.json, verbose=s.verbose)
+    return Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name)
 
 
 def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:

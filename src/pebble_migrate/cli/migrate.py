@@ -45,6 +45,7 @@ def _run_options(
         validate=validate,
         backup_dir=s.backups(),
         guard_process_exit=True,
+        cli_name=s.cli_name,
     )
 
 
@@ -142,12 +143,29 @@ def up(
 
 @cli.command()
 @global_options
-@click.argument("version")
+@click.argument("version", required=False)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Roll back the N applied migrations with the highest versions (instead of VERSION).",
+)
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
 @chunk_options
-def down(version: str, yes: bool, no_backup: bool, chunk_records: int, chunk_bytes: int) -> None:
-    """Roll back every applied migration above VERSION (which stays applied); 0 = all."""
+def down(
+    version: str | None,
+    steps: int | None,
+    yes: bool,
+    no_backup: bool,
+    chunk_records: int,
+    chunk_bytes: int,
+) -> None:
+    """Roll back every applied migration above VERSION (which stays applied); 0 = all.
+
+    `down --steps N` rolls back the N newest instead. One of the two is required: a bare
+    `down` is refused rather than guessing how far to go.
+    """
     s = settings()
     out = renderer(s)
     opts = _run_options(
@@ -159,7 +177,7 @@ def down(version: str, yes: bool, no_backup: bool, chunk_records: int, chunk_byt
         policy=ChunkPolicy(chunk_records, chunk_bytes),
     )
     outcome = commands.down(
-        s.database_path(), s.registry(), version, dry_run=s.dry_run, options=opts
+        s.database_path(), s.registry(), version, steps=steps, dry_run=s.dry_run, options=opts
     )
     _show(out, outcome, s.dry_run, not no_backup)
 

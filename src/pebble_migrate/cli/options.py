@@ -33,6 +33,9 @@ class Settings:
     verbose: bool = False
     dry_run: bool = False
     json: bool = False
+    cli_name: str = "pebble-migrate"
+    """How the operator runs this CLI (the command path of its group: `pebble-migrate`, or
+    `myapp db` when an application mounts the group); every hint names commands by it."""
     _project: ProjectConfig | None = field(default=None, repr=False)
 
     @property

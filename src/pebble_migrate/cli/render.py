@@ -31,7 +31,7 @@ from rich.text import Text
 from pebble_migrate.backup import BackupInfo
 from pebble_migrate.catalog import KeptDatabase
 from pebble_migrate.commands import Outcome, StatusReport
-from pebble_migrate.errors import MigrateError, MigrationFailed
+from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
 from pebble_migrate.events import Event
 from pebble_migrate.maintenance import ForceCleanResult, RepairReport
 from pebble_migrate.plan import Plan
@@ -71,9 +71,12 @@ def _plain(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value r
 class Renderer:
     """Turns library results and events into terminal output or JSON on stdout."""
 
-    def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self, *, json_mode: bool = False, verbose: bool = False, cli_name: str = "pebble-migrate"
+    ) -> None:
         self.json = json_mode
         self.verbose = verbose
+        self.cli_name = cli_name
         self._stdout = Outlet(sys.stdout)
         self.out = _console(self._stdout)
         self.err = _console(Outlet(sys.stderr))
@@ -100,6 +103,7 @@ class Renderer:
     def error(self, exc: MigrateError) -> None:
         """Print `Error: ...` (and a JSON error object in JSON mode)."""
         self.stop_progress()
+        name_the_cli(exc, self.cli_name)
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(details or "".join(traceback.format_exception(exc)))
@@ -221,6 +225,12 @@ class Renderer:
             rule = TABLE[reading.situation]["up"]
             up_would = rule.said_of(reading.migration_id)
             table.add_row("Left halfway", f"{reading.describe()} (up: {up_would})")
+            if reading.rollback_to is not None:
+                table.add_row(
+                    "To finish",
+                    f"`{self.cli_name} down {reading.rollback_to}` (rolls back "
+                    f"{reading.migration_id} and nothing below it)",
+                )
         if state.last_error:
             table.add_row("Last error", Text(state.last_error, style="red"))
         if self.verbose:
@@ -271,6 +281,7 @@ class Renderer:
             "situation": report.reading.situation,
             "left_halfway": report.reading.migration_id,
             "up_would": TABLE[report.reading.situation]["up"].said_of(report.reading.migration_id),
+            "rollback_to": report.reading.rollback_to,
         }
 
     def plan(self, plan: Plan, *, dry_run: bool, later: Sequence[str] = ()) -> None:
@@ -555,8 +566,8 @@ def _after_force_clean(before: State, left: Reading) -> str:
     where = f" ({left.record.describe()})" if left.record is not None else ""
     if left.situation is Situation.HALF_ROLLED_BACK:
         return (
-            f"The rollback of {mid} is still halfway{where}: finish it with `down VERSION`, "
-            f"a version below {mid}; `up` refuses until then."
+            f"The rollback of {mid} is still halfway{where}: finish it with "
+            f"`down {left.rollback_to}`; `up` refuses until then."
         )
     if left.situation is Situation.PARTLY_APPLIED:
         return f"Nothing was marked applied; `up` continues {mid}{where}."

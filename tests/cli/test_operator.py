@@ -1,0 +1,197 @@
+"""The operator's CLI (issue 10), each item through a real `pebble-migrate` process.
+
+Every test runs `python -m pebble_migrate` (or a small program embedding the click group
+under another name) against a real database under tmp_path, and checks the exit code,
+what is printed, and what the database holds afterwards. A refused command must leave the
+database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pebble_migrate.testing import contents, create_database
+from tests.conftest import snapshot, write_migration
+
+KEYS = {b"k:%02d" % i: b"v" for i in range(20)}
+
+# Three migrations, each appending its own letter to every k: value (so down can undo it).
+BODY = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"{tag}")
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value.removesuffix(b"{tag}"))
+"""
+IDS = ("1700000001_first", "1700000002_second", "1700000003_third")
+
+
+def run(
+    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_MIGRATE_")}
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pebble_migrate", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A database with 20 keys and a migrations directory with three migrations."""
+    create_database(tmp_path / "app.db", KEYS)
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for mid, tag in zip(IDS, "abc", strict=True):
+        write_migration(migrations, mid, BODY.format(tag=tag))
+    return tmp_path
+
+
+def common(project: Path) -> list[str]:
+    return ["-d", str(project / "app.db"), "-m", str(project / "migrations")]
+
+
+def values(project: Path) -> set[bytes]:
+    return {v for k, v in contents(project / "app.db")["default"].items() if k.startswith(b"k:")}
+
+
+# --- down --steps ----------------------------------------------------------------------
+
+
+def test_down_steps_rolls_back_the_newest_applied_migrations(project: Path) -> None:
+    assert run("up", *common(project), cwd=project).returncode == 0
+    assert values(project) == {b"vabc"}
+
+    done = run("down", "--steps", "2", "--yes", "--no-backup", *common(project), cwd=project)
+
+    assert done.returncode == 0, done.stderr
+    assert values(project) == {b"va"}
+    status = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert status["applied"] == [IDS[0]]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--steps", "0"], 2, "0 is not in the range x>=1"),
+        (["--steps", "-1"], 2, "-1 is not in the range x>=1"),
+        (["--steps", "4"], 1, "cannot roll back 4 migration(s): only 3 applied."),
+        ([], 2, "say how far to roll back: a VERSION or --steps N."),
+        (["0", "--steps", "1"], 2, "a VERSION or --steps N, not both."),
+    ],
+)
+def test_down_refuses_a_bad_step_count_and_changes_nothing(
+    project: Path, args: list[str], code: int, message: str
+) -> None:
+    assert run("up", *common(project), cwd=project).returncode == 0
+    before = snapshot(project / "app.db")
+
+    refused = run("down", *args, "--yes", *common(project), cwd=project)
+
+    assert refused.returncode == code, refused.stderr
+    assert message in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert snapshot(project / "app.db") == before
+
+
+def test_down_takes_the_chunk_options_of_up(project: Path) -> None:
+    assert run("up", *common(project), cwd=project).returncode == 0
+    done = run(
+        "down", "0", "--yes", "--no-backup", "--chunk-records", "3", "--chunk-bytes", "1024",
+        *common(project), cwd=project,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert values(project) == {b"v"}
+
+
+# --- the version an interrupted rollback needs ------------------------------------------
+
+PAUSING_DOWN = """
+import os
+import sys
+
+
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"c")
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value.removesuffix(b"c"))
+        if key == b"k:10":
+            print("midway", flush=True)
+            sys.stdin.readline()
+"""
+
+
+def test_status_names_the_version_an_interrupted_rollback_must_finish_at(
+    project: Path,
+) -> None:
+    write_migration(project / "migrations", IDS[2], PAUSING_DOWN)
+    assert run("up", *common(project), cwd=project).returncode == 0
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "down", "--steps", "1", "--yes",
+         "--no-backup", "--chunk-records", "2", *common(project)],
+        cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "midway"
+    child.send_signal(signal.SIGINT)
+    child.stdin.write("\n")
+    child.stdin.close()
+    assert child.wait(timeout=60) == 130
+
+    text = run("status", *common(project), cwd=project)
+    shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+
+    assert shown["rollback_to"] == 1700000002
+    assert "down 1700000002" in " ".join(text.stdout.split())
+    finished = run("down", IDS[1], "--yes", "--no-backup", *common(project), cwd=project)
+    assert finished.returncode == 0, finished.stderr
+    assert values(project) == {b"vab"}
+
+
+# --- the configured CLI name ------------------------------------------------------------
+
+EMBEDDED = """
+import sys
+from pebble_migrate.cli import cli
+
+cli(prog_name="myapp db")
+"""
+
+
+def test_hints_use_the_name_the_application_runs_the_cli_by(project: Path) -> None:
+    program = project / "myapp.py"
+    program.write_text(textwrap.dedent(EMBEDDED))
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_MIGRATE_")}
+    assert run("up", *common(project), cwd=project).returncode == 0
+
+    refused = subprocess.run(
+        [sys.executable, str(program), "down", "--steps", "9", *common(project)],
+        cwd=project, capture_output=True, text=True, env=full, timeout=120,
+    )  # fmt: skip
+
+    assert refused.returncode == 1
+    assert "`myapp db down 0`" in refused.stderr
+    assert "`pebble-migrate" not in refused.stderr
