@@ -292,7 +292,8 @@ class InvalidMigrationId(RegistryError):
         super().__init__(
             f"invalid migration id {migration_id!r}{where}: {reason}.",
             hint="Ids look like 1700000000_add_indexes: a Unix timestamp between "
-            "946684800 and 4102444800, an underscore, then letters, digits and underscores. "
+            "946684800 and 4102444800, an underscore, then letters, digits, underscores and "
+            "hyphens. "
             "`pebble-migrate create NAME` writes one for you.",
         )
 

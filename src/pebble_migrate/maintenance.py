@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -143,7 +144,7 @@ def create(
     """
     if not is_valid_name(name):
         raise UsageError(
-            f"invalid migration name {name!r}: use letters, digits and underscores.",
+            f"invalid migration name {name!r}: use letters, digits, underscores and hyphens.",
             hint="For example: pebble-migrate create add_email_index",
         )
     root = Path(directory)
@@ -155,14 +156,28 @@ def create(
     if dry_run:
         return path
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(_TEMPLATE.format(title=name.replace("_", " ").capitalize()))
+    path.write_text(_TEMPLATE.format(title=title(name)))
     return path
+
+
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
+
+
+def title(name: str) -> str:
+    """Return the sentence a migration's docstring starts with, from its name:
+    `AddUsers`, `add_users` and `add-users` all give "Add users"; acronyms stay
+    (`AddHTTPCache` gives "Add HTTP cache")."""
+    words = [w if len(w) > 1 and w.isupper() else w.lower() for w in _WORD.findall(name)]
+    if not words:
+        return name
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 _TEMPLATE = '''"""{title}."""
 
-# Set to True only if up() is safe to run again from the start after an interruption.
-# A migration that writes only through ctx.scan/ctx.put/ctx.delete resumes by itself.
+# Set to True only if up() is safe to run again after an interruption even though it
+# writes through ctx.db (those direct writes run again). A migration that writes only
+# through ctx (ctx.scan, ctx.put, ctx.delete) resumes by itself and does not need it.
 rerunnable = False
 dependencies: list[str] = []
 

@@ -195,3 +195,77 @@ def test_hints_use_the_name_the_application_runs_the_cli_by(project: Path) -> No
     assert refused.returncode == 1
     assert "`myapp db down 0`" in refused.stderr
     assert "`pebble-migrate" not in refused.stderr
+
+
+# --- ids and the create template ---------------------------------------------------------
+
+
+def test_ids_with_hyphens_as_the_original_tool_allowed_are_applied(project: Path) -> None:
+    write_migration(project / "migrations", "1754917200_test-migration", BODY.format(tag="h"))
+
+    done = run("up", *common(project), cwd=project)
+    status = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+
+    assert done.returncode == 0, done.stderr
+    assert "1754917200_test-migration" in status["applied"]
+    assert values(project) == {b"vabch"}
+
+
+@pytest.mark.parametrize(
+    ("name", "docstring"),
+    [
+        ("AddUsers", '"""Add users."""'),
+        ("add_users", '"""Add users."""'),
+        ("add-users", '"""Add users."""'),
+        ("AddHTTPCache", '"""Add HTTP cache."""'),
+    ],
+)
+def test_create_makes_the_docstring_a_sentence_from_the_name(
+    tmp_path: Path, name: str, docstring: str
+) -> None:
+    made = run("create", name, "-m", "migrations", cwd=tmp_path)
+
+    assert made.returncode == 0, made.stderr
+    (written,) = (tmp_path / "migrations").glob(f"*_{name}.py")
+    assert written.read_text().splitlines()[0] == docstring
+
+
+def test_the_create_template_says_what_the_docs_say_about_rerunnable(tmp_path: Path) -> None:
+    assert run("create", "x", "-m", "migrations", cwd=tmp_path).returncode == 0
+    (written,) = (tmp_path / "migrations").glob("*_x.py")
+    comment = " ".join(
+        line.lstrip("# ") for line in written.read_text().splitlines() if line.startswith("#")
+    )
+    guide = Path(__file__).parents[2] / "docs" / "writing-migrations.md"
+    section = " ".join(guide.read_text().split("## `rerunnable`", 1)[1].split("##", 1)[0].split())
+
+    # Both say the same two things: it is about direct writes through ctx.db, which run
+    # again; a migration that writes only through ctx resumes without it.
+    assert "writes through ctx.db" in comment and "writes through `ctx.db`" in section
+    assert "run again" in comment and "run again" in section
+    assert "resumes by itself" in comment and "resumes by itself" in section
+    assert "from the start" not in comment
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def test_tables_have_no_trailing_spaces(project: Path) -> None:
+    assert run("up", *common(project), cwd=project).returncode == 0
+    for command in (["status"], ["status", "-v"], ["history"], ["backup", "list"]):
+        shown = run(*command, *common(project)[:2], "-m", str(project / "migrations"), cwd=project)
+        if command[0] == "backup":
+            shown = run(*command, "-d", str(project / "app.db"), cwd=project)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert len(lines) >= 2
+        assert [line for line in lines if line != line.rstrip()] == [], command
+
+
+def test_the_package_declares_its_license_in_the_current_form() -> None:
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"  # an SPDX expression, not the old table
+    assert (Path(__file__).parents[2] / meta["project"]["license-files"][0]).is_file()
+    assert "setuptools>=77" in meta["build-system"]["requires"]

@@ -46,9 +46,7 @@ def _name_the_backups_that_repair(exc: MigrateError, s: Settings) -> None:
         explain_damage(exc, s.database_path(), s.backups(), s.cli_name)
 
 
-@click.group(
-    "pebble-migrate", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}
-)
+@click.group("pebble-migrate", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @global_options
 @click.version_option(package_name="pebble-migrate")
 def cli() -> None:

@@ -25,6 +25,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
@@ -237,7 +238,7 @@ class Renderer:
             table.add_row("Database id", state.database_id or "-")
             for record in report.partial:
                 table.add_row("Partly applied", f"{record.migration_id} {record.describe()}")
-        self.out.print(table)
+        _print_table(self.out, table)
         if report.missing:
             self.out.print(
                 Text.assemble(
@@ -249,10 +250,10 @@ class Renderer:
             pending = Table.grid(padding=(0, 2))
             for m in report.pending:
                 pending.add_row(f"  {m.id}", m.description)
-            self.out.print(pending)
+            _print_table(self.out, pending)
         if report.history:
             self.out.print(Text("\nRecent history", style="bold"))
-            self.out.print(_history_table(report.history))
+            _print_table(self.out, _history_table(report.history))
 
     def _status_json(self, report: StatusReport) -> dict[str, Any]:
         state = report.state
@@ -383,7 +384,7 @@ class Renderer:
         if not records:
             self.say("No history recorded.")
             return
-        self.out.print(_history_table(records, errors=True))
+        _print_table(self.out, _history_table(records, errors=True))
 
     def validation(self, report: ValidationReport) -> None:
         """Show `validate`."""
@@ -474,7 +475,7 @@ class Renderer:
         if not found:
             self.say(f"No backups in {where!s}.")
         else:
-            self.out.print(_backup_table(found))
+            _print_table(self.out, _backup_table(found))
         if kept:
             self.say(
                 Text.assemble(
@@ -578,6 +579,20 @@ def _after_force_clean(before: State, left: Reading) -> str:
             "stopped: check it (`validate`), then `down VERSION` again, or restore a backup."
         )
     return "Nothing was marked applied; `up` runs it again from its start."
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print a table without the spaces rich pads every line's last cell with."""
+    segments: list[Segment] = []
+    for line in console.render_lines(table, pad=False, new_lines=False):
+        while line and not line[-1].text.rstrip():
+            line.pop()
+        if line:
+            last = line[-1]
+            line[-1] = Segment(last.text.rstrip(), last.style, last.control)
+        segments.extend(line)
+        segments.append(Segment.line())
+    console.print(Segments(segments), soft_wrap=True)
 
 
 def _console(stream: Any) -> Console:
