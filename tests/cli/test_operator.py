@@ -269,3 +269,48 @@ def test_the_package_declares_its_license_in_the_current_form() -> None:
     assert meta["project"]["license"] == "MIT"  # an SPDX expression, not the old table
     assert (Path(__file__).parents[2] / meta["project"]["license-files"][0]).is_file()
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+# --- one meaning per flag ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["history"], ["validate"], ["backup", "list"], ["backup", "verify", "x"]],
+)
+def test_commands_that_change_nothing_do_not_take_dry_run(
+    project: Path, command: list[str]
+) -> None:
+    shown = run(*command, "--help", cwd=project)
+    refused = run(*command, "--dry-run", *common(project)[:2], cwd=project)
+
+    assert "--dry-run" not in shown.stdout
+    assert refused.returncode == 2
+    assert "No such option '--dry-run'" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["up"], ["down"], ["rerun"], ["force-clean"], ["repair"], ["create"],
+        ["backup", "create"], ["backup", "restore"], ["backup", "cleanup"],
+    ],
+)  # fmt: skip
+def test_commands_that_change_something_offer_dry_run(project: Path, command: list[str]) -> None:
+    assert "--dry-run" in run(*command, "--help", cwd=project).stdout
+
+
+def test_backup_restore_takes_yes_like_every_command_that_asks(project: Path) -> None:
+    db = str(project / "app.db")
+    assert run("up", *common(project), cwd=project).returncode == 0
+    listed = json.loads(run("backup", "list", "-d", db, "--json", cwd=project).stdout)
+    backup_id = listed[0]["id"]  # the one `up` took before it ran
+
+    refused = run("backup", "restore", backup_id, "-d", db, cwd=project)
+    assert refused.returncode == 2
+    assert "Re-run with --yes to confirm." in refused.stderr
+    assert values(project) == {b"vabc"}
+
+    done = run("backup", "restore", backup_id, "-d", db, "--yes", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert values(project) == {b"v"}

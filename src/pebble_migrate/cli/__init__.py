@@ -52,8 +52,9 @@ def _name_the_backups_that_repair(exc: MigrateError, s: Settings) -> None:
 def cli() -> None:
     """Versioned, recoverable data migrations for RocksDB databases.
 
-    Global options (-d, -m, -v, -n, --json, --backup-dir) may come before or after the
-    command name. Exit codes: 0 ok, 1 error, 2 usage, 3 pending (status --check),
+    Global options (-d, -m, -v, --json, --backup-dir) may come before or after the
+    command name; commands that change something also take -n/--dry-run, and those that
+    ask take -y/--yes. Exit codes: 0 ok, 1 error, 2 usage, 3 pending (status --check),
     4 not clean, 5 database in use, 6 migration failed, 7 validation failed,
     130/143 interrupted by SIGINT/SIGTERM.
     """

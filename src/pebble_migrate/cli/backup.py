@@ -18,8 +18,10 @@ from pebble_migrate.cli.options import (
     ENV_DATABASE,
     Settings,
     confirmer,
+    dry_run_option,
     global_options,
     settings,
+    yes_option,
 )
 from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import UsageError
@@ -38,6 +40,7 @@ def backup() -> None:
 
 @backup.command("create")
 @global_options
+@dry_run_option
 @click.argument("description", required=False, default="manual backup")
 @click.option("--compress", is_flag=True, help="Write one portable .tar.gz archive instead.")
 @click.option(
@@ -122,9 +125,16 @@ def verify_cmd(source: str) -> None:
 
 @backup.command("restore")
 @global_options
+@dry_run_option
 @click.argument("source", metavar="PATH_OR_ID")
 @click.argument("target", required=False)
-@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Go past the safeguard: replace the current database without asking.",
+)
+@yes_option
 @click.option(
     "--other-database", is_flag=True, help="Allow a backup taken of a different database."
 )
@@ -134,7 +144,12 @@ def verify_cmd(source: str) -> None:
     help="Delete the replaced database instead of keeping <db>.pre-restore-<time>.",
 )
 def restore_cmd(
-    source: str, target: str | None, force: bool, other_database: bool, discard_current: bool
+    source: str,
+    target: str | None,
+    force: bool,
+    yes: bool,
+    other_database: bool,
+    discard_current: bool,
 ) -> None:
     """Replace the database with a backup, atomically (TARGET or -d names the database)."""
     s = settings()
@@ -157,7 +172,7 @@ def restore_cmd(
         backup_dir=s.backups(),
         other_database=other_database,
         discard_current=discard_current,
-        confirm=confirmer(force, destructive=True, flag="--force"),
+        confirm=confirmer(force or yes, destructive=True, flag="--yes"),
     )
     if out.json:
         out.emit(
@@ -190,6 +205,7 @@ def _target(s: Settings, target: str | None) -> str:
 
 @backup.command("cleanup")
 @global_options
+@dry_run_option
 @click.option("--older-than", metavar="AGE", help="Remove backups older than AGE (30d, 24h, 2w).")
 @click.option("--keep", type=click.IntRange(min=1), help="Keep the newest N backups.")
 @click.option(

@@ -7,11 +7,18 @@ import click
 from pebble_migrate import maintenance
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
-from pebble_migrate.cli.options import confirmer, global_options, settings, yes_option
+from pebble_migrate.cli.options import (
+    confirmer,
+    dry_run_option,
+    global_options,
+    settings,
+    yes_option,
+)
 
 
 @cli.command("force-clean")
 @global_options
+@dry_run_option
 @yes_option
 def force_clean(yes: bool) -> None:
     """Set the status to clean without marking the interrupted migration applied."""
@@ -24,6 +31,7 @@ def force_clean(yes: bool) -> None:
 
 @cli.command()
 @global_options
+@dry_run_option
 @yes_option
 def repair(yes: bool) -> None:
     """Add missing history records for applied migrations; fix a wrong version."""
@@ -36,6 +44,7 @@ def repair(yes: bool) -> None:
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("name")
 def create(name: str) -> None:
     """Write a new migration file NAME with a fresh timestamp into the migrations directory."""

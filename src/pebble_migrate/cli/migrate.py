@@ -12,6 +12,7 @@ from pebble_migrate.cli.options import (
     F,
     Settings,
     confirmer,
+    dry_run_option,
     global_options,
     settings,
     yes_option,
@@ -87,6 +88,7 @@ def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool)
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("version", required=False)
 @yes_option
 @click.option("--create", is_flag=True, help="Create the database if the path does not exist.")
@@ -143,6 +145,7 @@ def up(
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("version", required=False)
 @click.option(
     "--steps",
@@ -184,6 +187,7 @@ def down(
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("migration_id", metavar="ID")
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")

@@ -108,7 +108,7 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
 
 
 def global_options(fn: F) -> F:
-    """Add -d, -m, -v, -n and --json to a group or command."""
+    """Add -d, -m, --backup-dir, -v and --json to a group or command."""
     decorators = [
         click.option(
             "-d",
@@ -143,15 +143,6 @@ def global_options(fn: F) -> F:
             help="More detail; tracebacks on errors.",
         ),
         click.option(
-            "-n",
-            "--dry-run",
-            is_flag=True,
-            default=False,
-            expose_value=False,
-            callback=_store("dry_run"),
-            help="Show what would happen; change nothing.",
-        ),
-        click.option(
             "--json",
             "json_",
             is_flag=True,
@@ -164,6 +155,19 @@ def global_options(fn: F) -> F:
     for decorate in reversed(decorators):
         fn = decorate(fn)
     return fn
+
+
+def dry_run_option(fn: F) -> F:
+    """Add -n/--dry-run to a command that changes something (and only to those)."""
+    return click.option(
+        "-n",
+        "--dry-run",
+        is_flag=True,
+        default=False,
+        expose_value=False,
+        callback=_store("dry_run"),
+        help="Show what would happen; change nothing.",
+    )(fn)
 
 
 def yes_option(fn: F) -> F:
