@@ -314,3 +314,78 @@ def test_backup_restore_takes_yes_like_every_command_that_asks(project: Path) ->
     done = run("backup", "restore", backup_id, "-d", db, "--yes", cwd=project)
     assert done.returncode == 0, done.stderr
     assert values(project) == {b"v"}
+
+
+# --- stamp -------------------------------------------------------------------------------
+
+
+def test_stamp_records_migrations_as_applied_without_running_them(project: Path) -> None:
+    before = snapshot(project / "app.db")["default"]
+    dry = run("stamp", IDS[1], "--dry-run", *common(project), cwd=project)
+    assert dry.returncode == 0, dry.stderr
+    assert "would record 1700000002_second as applied (not run)" in dry.stdout
+    assert snapshot(project / "app.db") == {"default": before}  # not even the state
+
+    done = run("stamp", IDS[1], "--yes", *common(project), cwd=project)
+
+    assert done.returncode == 0, done.stderr
+    assert snapshot(project / "app.db")["default"] == before  # no migration ran
+    status = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert status["applied"] == list(IDS[:2])
+    assert status["current_version"] == 1700000002
+    assert status["pending"] == [IDS[2]]
+    history = json.loads(run("history", "--json", *common(project), cwd=project).stdout)
+    assert [(h["id"], h["kind"]) for h in history["history"]] == [(IDS[0], "stamp"), (IDS[1], "stamp")]
+    # The rest applies normally afterwards: only the third migration runs.
+    assert run("up", *common(project), cwd=project).returncode == 0
+    assert values(project) == {b"vc"}
+
+
+def test_stamp_0_clears_the_applied_set_without_rolling_back(project: Path) -> None:
+    assert run("up", *common(project), cwd=project).returncode == 0
+
+    done = run("stamp", "0", "--yes", "--json", *common(project), cwd=project)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["recorded_not_applied"] == list(IDS)
+    assert values(project) == {b"vabc"}  # no down ran
+    status = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert status["applied"] == [] and status["current_version"] == 0
+
+
+def test_stamp_asks_first(project: Path) -> None:
+    before = snapshot(project / "app.db")
+    refused = run("stamp", IDS[0], *common(project), cwd=project)
+    assert refused.returncode == 2
+    assert "Re-run with --yes to confirm." in refused.stderr
+    assert snapshot(project / "app.db") == before
+
+
+FAILING = """
+def up(ctx):
+    raise RuntimeError("failing on purpose")
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("unknown version", 1, "no migration has version or id '1700000009'"),
+        ("not clean", 4, "its status is dirty; stamp only records versions on a clean"),
+    ],
+)
+def test_stamp_refuses_and_changes_nothing(
+    project: Path, case: str, code: int, message: str
+) -> None:
+    if case == "not clean":
+        write_migration(project / "migrations", "1700000004_fails", FAILING)
+        assert run("up", *common(project), cwd=project).returncode == 6
+    before = snapshot(project / "app.db")
+
+    refused = run("stamp", "1700000009" if case != "not clean" else IDS[0], "--yes",
+                  *common(project), cwd=project)  # fmt: skip
+
+    assert refused.returncode == code, refused.stderr
+    assert message in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr
+    assert snapshot(project / "app.db") == before

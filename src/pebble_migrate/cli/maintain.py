@@ -1,4 +1,4 @@
-"""Commands that fix the recorded state or add files: force-clean, repair, create."""
+"""Commands that fix the recorded state or add files: force-clean, repair, stamp, create."""
 
 from __future__ import annotations
 
@@ -40,6 +40,30 @@ def repair(yes: bool) -> None:
         s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
     )
     renderer(s).repair(report, dry_run=s.dry_run)
+
+
+@cli.command()
+@global_options
+@dry_run_option
+@click.argument("version")
+@yes_option
+def stamp(version: str, yes: bool) -> None:
+    """Record every migration up to VERSION as applied without running it (0 = none).
+
+    For a database brought into shape by other means (golang-migrate `force`, Alembic
+    `stamp`, Flyway `baseline`). Migrations above VERSION are recorded as not applied,
+    without running their `down`.
+    """
+    s = settings()
+    result = maintenance.stamp(
+        s.database_path(),
+        s.registry(),
+        version,
+        confirm=confirmer(yes, destructive=True),
+        dry_run=s.dry_run,
+        cli=s.cli_name,
+    )
+    renderer(s).stamped(result, dry_run=s.dry_run)
 
 
 @cli.command()

@@ -34,7 +34,7 @@ from pebble_migrate.catalog import KeptDatabase
 from pebble_migrate.commands import Outcome, StatusReport
 from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
 from pebble_migrate.events import Event
-from pebble_migrate.maintenance import ForceCleanResult, RepairReport
+from pebble_migrate.maintenance import ForceCleanResult, RepairReport, StampResult
 from pebble_migrate.plan import Plan
 from pebble_migrate.state import HistoryRecord, State, Status
 from pebble_migrate.transitions import TABLE, Reading, Situation
@@ -450,6 +450,33 @@ class Renderer:
             self.say(f"{'would set' if dry_run else 'set'} version {old} -> {new}")
         if dry_run:
             self.say("Dry run: nothing was changed.")
+
+    def stamped(self, result: StampResult, *, dry_run: bool = False) -> None:
+        """Show what stamp recorded (or would record)."""
+        if self.json:
+            self.emit(
+                {
+                    "version": result.version,
+                    "recorded_applied": result.added,
+                    "recorded_not_applied": result.removed,
+                    "from_version": result.before,
+                    "to_version": result.after,
+                    "changed": result.changed,
+                    "dry_run": dry_run,
+                }
+            )
+            return
+        if not result.changed:
+            self.say(f"Nothing to do: the recorded version is already {result.after}.")
+            return
+        would = "would record" if dry_run else "recorded"
+        for mid in result.added:
+            self.say(f"{would} {mid} as applied (not run)")
+        for mid in result.removed:
+            self.say(f"{would} {mid} as not applied (not rolled back)")
+        head = "Would set" if dry_run else "Set"
+        tail = " Dry run: nothing was changed." if dry_run else ""
+        self.say(f"{head} the version {result.before} -> {result.after}.{tail}")
 
     def created(self, path: Path, dry_run: bool = False) -> None:
         """Show the file `create` wrote (or would write)."""
