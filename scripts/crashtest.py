@@ -307,6 +307,11 @@ def calibrate(args: argparse.Namespace, work: Path) -> Window:
 
 
 def main() -> int:
+    # Started in the background by a shell (`make crashtest-kills &`), this process and its
+    # children would ignore SIGINT, and the trials that send one would test nothing (the
+    # app would finish, or stop without the signal handed back). Children of a process
+    # with a handler start with the default action, as a foreground run has.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--kills", type=int, default=50, help="stop once this many kills happened")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
@@ -18,6 +19,11 @@ from pebble_migrate.cli import cli
 from pebble_migrate.testing import contents, create_database
 
 Invoke = Callable[..., Result]
+
+# The suite sends SIGINT to real CLI processes. Started in the background by a shell, it
+# and its children would ignore SIGINT; with a handler here, children start with the
+# default action, as in a foreground run.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,14 +74,10 @@ class Session:
         self.states = StateStore(self.db, str(self.path))
 
     def close(self, *, quiet: bool = False) -> None:
-        """Release every handle and close the database (errors ignored when `quiet`)."""
+        """Release every handle and close the database (a failing close is only logged,
+        and not even that when `quiet`: see `store.close_database`)."""
         self.states.release()
-        try:
-            store.close_database(self.db)
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
-            gc.collect()  # a failed close still lets go of the LOCK once the object is gone
-            if not quiet:
-                raise store.translate(exc, self.path) from None
+        store.close_database(self.db, quiet=quiet)
 
     def reopen(self) -> None:
         """Close (ignoring errors: the handle may be dead after a failed write) and reopen."""
@@ -101,16 +96,7 @@ def opened(db_path: str | Path, *, read_only: bool, create: bool = False) -> Ite
         release_frames(exc)
         session.close(quiet=True)
         raise
-    try:
-        session.close()
-    except MigrateError as exc:
-        # Every write was committed by a synced batch before this point, so a failing
-        # close (a full disk while RocksDB tidies up) changes nothing that was done.
-        log.warning(
-            "closing %s reported: %s. Nothing to do: everything was committed before.",
-            session.path,
-            exc.message.rstrip("."),
-        )
+    session.close()
 
 
 # --- status -------------------------------------------------------------------------

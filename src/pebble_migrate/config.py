@@ -36,33 +36,35 @@ class ProjectConfig:
 def find_pyproject(start: Path) -> Path | None:
     """Return the nearest pyproject.toml at or above `start` with a [tool.pebble-migrate]
     table (one without it, like a sub-package's, does not hide its parent's settings)."""
+    found = _nearest_table(start)
+    return None if found is None else found[0]
+
+
+def _nearest_table(start: Path) -> tuple[Path, Any] | None:
+    """Return the nearest pyproject.toml with a [tool.pebble-migrate] table, and that table
+    (each file is read once: the table used is the one that was found)."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and _has_table(candidate):
-            return candidate
+        if candidate.is_file():
+            tool = _read(candidate).get("tool")
+            if isinstance(tool, dict) and "pebble-migrate" in tool:
+                return candidate, tool["pebble-migrate"]
     return None
 
 
-def _has_table(path: Path) -> bool:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
-    return "pebble-migrate" in data.get("tool", {})
 
 
 def load_project_config(start: Path | None = None) -> ProjectConfig:
     """Return the `[tool.pebble-migrate]` table of the nearest pyproject.toml, if any."""
-    path = find_pyproject(start or Path.cwd())
-    if path is None:
+    found = _nearest_table(start or Path.cwd())
+    if found is None:
         return ProjectConfig()
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    table: Any = data.get("tool", {}).get("pebble-migrate")
-    if table is None:
-        return ProjectConfig()
+    path, table = found
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [tool.pebble-migrate] must be a table")
     unknown = sorted(set(table) - KNOWN_KEYS)
@@ -82,7 +84,7 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
         return str(base / value)
 
     keep = table.get("backup-keep")
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise UsageError(f"{path}: [tool.pebble-migrate] backup-keep must be a positive integer")
     older = table.get("backup-older-than")
     if older is not None and not isinstance(older, str):

@@ -162,8 +162,7 @@ class MigrationContext:
             raise UsageError("validate() must not write; it only checks the data.")
         if self._batch is None:
             self._batch = self._run.states.batch()
-        if self._scanning == 0:
-            self._loose += 1
+        self._loose += 1  # only writes outside a scan get here
         return self._batch
 
     def _skip_replayed(self) -> bool:
@@ -384,9 +383,9 @@ class MigrationContext:
             self._finish_scan(cursor, prev, done + since + 1)
         except GeneratorExit:
             # The loop was left early (break): the last key handed out counts as processed;
-            # its writes go with the next commit.
-            if prev is not _NONE:
-                cursor.after, cursor.count = prev, done + since + 1
+            # its writes go with the next commit. (It is thrown in at the yield, so `prev`
+            # is that key.)
+            cursor.after, cursor.count = prev, done + since + 1
             cursor.done = True
             raise
         except BaseException as exc:  # noqa: BLE001 - noted, then raised again

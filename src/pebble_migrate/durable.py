@@ -51,12 +51,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fsync_dir(path.parent)
 
 
-def copy_durably(source: Path, target: Path) -> None:
-    """Copy a file and fsync the copy."""
-    shutil.copyfile(source, target)
-    fsync_file(target)
-
-
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's blocks, copy-on-write
 
 

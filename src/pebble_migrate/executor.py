@@ -474,8 +474,8 @@ class Executor:
 
     def _interrupted(self, step: Step, clock: _Clock, note: str) -> None:
         progress = self.state.in_progress
-        if progress is not None:
-            self.state = self.state.evolve(in_progress=replace(progress, note=note))
+        assert progress is not None  # _begin recorded it before the migration's code ran
+        self.state = self.state.evolve(in_progress=replace(progress, note=note))
         kill_point("interrupt-before-record")
         self.state = self.states.write_state(
             self.state, self._history(step, clock, success=False, note=note)
@@ -636,7 +636,7 @@ def guard_process_exit() -> Iterator[None]:
 
     def refused(status: int) -> NoReturn:
         if os.getpid() != owner:
-            real(status)
+            real(status)  # pragma: no cover - forked child only; os._exit skips coverage's save
         raise ProcessExit(status)
 
     os._exit = refused

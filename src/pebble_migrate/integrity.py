@@ -149,8 +149,6 @@ def _read(cf: Any, ranges: list[tuple[Any, Any]] | None, *, values: bool, where:
                     it.value()
                 it.next()
             it.status()
-    except MigrateError:
-        raise
     except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
         raise store.translate(exc, where) from None
     finally:

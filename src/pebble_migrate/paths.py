@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from pebble_migrate.errors import UsageError
+
 WORK_DIR = ".pebble-migrate"
 """The directory inside the database that holds pebble-migrate's working files (the scans'
 frozen views, the disk-full ballast). Inside, so a copy, a move or a backup of the
@@ -23,6 +25,12 @@ def resolve_database(path: str | Path) -> Path:
     does not exist yet (`up --create`, a restore into a missing path) resolves as far as
     it exists.
     """
+    if "\0" in str(path):
+        raise UsageError(
+            f"the database path {str(path)!r:.80} contains a NUL character, which no file "
+            "name can hold.",
+            hint="Nothing was changed. Pass the path without it.",
+        )
     return Path(os.path.realpath(Path(path).expanduser()))
 
 

@@ -185,12 +185,13 @@ def _inspect_target(dest: Path) -> _Target:
         raise NotADatabase(str(dest), "it is a file; restore needs a database directory path")
     if not dest.exists() or not any(dest.iterdir()):
         return _Target(replacing=False, state=None)
+    # A read-only open takes no lock (restore_backup's `locked` refuses a database in use),
+    # so any error from it, even one whose text names a LOCK, is judged by the files here.
     try:
         db = store.open_database(dest, read_only=True)
-    except DatabaseNotFound:
+    # Only if the directory is removed between the listing above and this open (a race).
+    except DatabaseNotFound:  # pragma: no cover - a race no test can time
         return _Target(replacing=False, state=None)
-    except DatabaseInUse:
-        raise
     except MigrateError as exc:
         if not any(_ROCKSDB_NAME.match(p.name) for p in dest.iterdir()):
             raise NotADatabase(
@@ -523,7 +524,8 @@ def _swap(staging: Path, dest: Path, discard: bool) -> Path | None:
             fsync_dir(dest.parent)
         if isinstance(exc, OSError):
             raise _swap_error(exc, dest) from None
-        raise
+        # Every step above fails only with OSError; anything else (MemoryError) is kept.
+        raise  # pragma: no cover - no input makes the steps above raise a non-OSError
     try:
         journal.unlink()
         kill_point("restore-journal-removed")

@@ -177,8 +177,6 @@ class StateStore:
                 limit -= 1
                 it.prev()
             it.status()
-        except MigrateError:
-            raise
         except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
             raise store.translate(exc, self.where) from None
         finally:
@@ -310,7 +308,7 @@ def _loads(raw: Any, key: Any) -> Any:
         raise CorruptStateError(name, f"expected bytes, found {type(raw).__name__}")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also a too-long number, too deep nesting
         raise CorruptStateError(name, f"not valid JSON ({exc})") from None
 
 
@@ -319,7 +317,10 @@ def _time(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str) or len(value) > 64:
         raise TypeError(f"expected a time, found {value!r:.60}")
-    return datetime.fromisoformat(value).astimezone(UTC)
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except OverflowError:  # a time near year 1 or 9999 that has no UTC equivalent
+        raise ValueError(f"time {value!r} is out of range") from None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -382,14 +383,12 @@ def decode_state(data: Any) -> State:
         )
     except NewerStateFormat:
         raise
-    except (AttributeError, KeyError, TypeError, ValueError, MigrateError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptStateError("meta", _why(exc)) from None
     return state
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, MigrateError):
-        return exc.message.rstrip(".")
     if isinstance(exc, KeyError):
         return f"the field {exc.args[0]!r} is missing"
     return str(exc)
@@ -526,5 +525,5 @@ def decode_history(data: Any, key: str = "history") -> HistoryRecord:
             error=_opt_text(data.get("error"), "error"),
             note=_opt_text(data.get("note"), "note"),
         )
-    except (AttributeError, KeyError, TypeError, ValueError, MigrateError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptStateError(key, _why(exc)) from None

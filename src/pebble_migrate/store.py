@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import gc
+import logging
 import os
 import re
 import shutil
@@ -75,11 +77,33 @@ def open_database(
     return _guarded(where, lambda: rocksdict.Rdict(str(where), access_type=access))
 
 
-def close_database(db: rocksdict.Rdict) -> None:
-    """Close a database opened by `open_database`, and remove its read-only shadow."""
+log = logging.getLogger("pebble_migrate")
+
+
+def _shown(path: Path) -> str:
+    """The database a (possibly shadow) path stands for, as the user knows it."""
+    return _SHADOWS.get(str(path), str(path))
+
+
+def close_database(db: rocksdict.Rdict, *, quiet: bool = False) -> None:
+    """Close a database opened by `open_database`, and remove its read-only shadow.
+
+    A failing close (a full disk while RocksDB syncs its directory or flushes on the way
+    out) is only logged: everything this tool writes is committed by a synced batch before
+    it closes, so a close can lose nothing that was done, and an error here would report a
+    finished command as failed. `quiet` skips the warning (after an error already shown).
+    """
     path = Path(str(db.path()))
     try:
         db.close()
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+        gc.collect()  # a failed close still lets go of the LOCK once the object is gone
+        if not quiet:
+            log.warning(
+                "closing %s reported: %s. Nothing to do: everything was committed before.",
+                _shown(path),
+                translate(exc, _shown(path)).message.rstrip("."),
+            )
     finally:
         if _is_shadow(path):
             _SHADOWS.pop(str(path), None)
@@ -214,7 +238,9 @@ def translate(  # noqa: PLR0911 - one return per kind of RocksDB error
         return exc
     text = _real_paths(str(exc))
     where = str(path)
-    if "LOCK" in text and ("lock" in text.lower()) and "IO error" in text:
+    # RocksDB's own words for a LOCK held elsewhere (another process, or this one), not
+    # merely "LOCK" somewhere in a path such as /data/BLOCKS.
+    if "IO error" in text and ("While lock file:" in text or "lock hold by current" in text):
         return DatabaseInUse(where)
     if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
         return DiskFullError(where, text, free_space(Path(where)), needed)
@@ -278,7 +304,7 @@ def is_raw_mode(db: rocksdict.Rdict) -> bool:
     except KeyError as exc:
         if "raw mode" in str(exc):
             return True
-        raise
+        raise  # pragma: no cover - rocksdict's get raises KeyError only for a str key in raw mode
     return False
 
 

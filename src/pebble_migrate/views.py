@@ -86,7 +86,7 @@ def open_view(
     except MigrateError as exc:
         store.close_database(view)
         raise ViewMissing(migration_id, scan, f"it cannot be read: {exc.message}") from None
-    except BaseException:
+    except BaseException:  # pragma: no cover - only a Ctrl-C landing inside the read gets here
         store.close_database(view)
         raise
     if found != token or owner != database_id:

@@ -45,9 +45,28 @@ class Settings:
             self._project = load_project_config()
         return self._project
 
+    def _path(self, flag_value: str | None, flag: str, env: str, key: str) -> str | None:
+        """Return a path setting from the first place that gives it (flag, environment,
+        pyproject.toml), checked, or None; an error names where the bad value came from."""
+        project = getattr(self.project, key.replace("-", "_"))
+        for value, source in (
+            (flag_value, flag),
+            (os.environ.get(env), f"${env}"),
+            (project, f"`{key}` in {self.project.source}"),
+        ):
+            if value:
+                if "\0" in value:
+                    raise UsageError(
+                        f"the path given by {source} contains a NUL character, which no "
+                        "file name can hold.",
+                        hint=f"Nothing was changed. Correct {source}.",
+                    )
+                return str(value)
+        return None
+
     def database_path(self) -> str:
         """Return the database path, or raise a UsageError saying how to give one."""
-        path = self.database or os.environ.get(ENV_DATABASE) or self.project.database
+        path = self._path(self.database, "-d/--database", ENV_DATABASE, "database")
         if not path:
             raise UsageError(
                 "no database given.",
@@ -58,12 +77,8 @@ class Settings:
 
     def migrations_dir(self) -> str:
         """Return the migrations directory (default ./migrations)."""
-        return (
-            self.migrations
-            or os.environ.get(ENV_MIGRATIONS)
-            or self.project.migrations
-            or "migrations"
-        )
+        given = self._path(self.migrations, "-m/--migrations", ENV_MIGRATIONS, "migrations")
+        return given or "migrations"
 
     def migrations_configured(self) -> bool:
         """Whether the migrations directory was named (flag, environment or pyproject), as
@@ -90,7 +105,7 @@ class Settings:
 
     def backups(self) -> str | None:
         """Return the configured backup directory, or None for the default beside the db."""
-        return self.backup_dir or os.environ.get(ENV_BACKUP_DIR) or self.project.backup_dir
+        return self._path(self.backup_dir, "--backup-dir", ENV_BACKUP_DIR, "backup-dir")
 
 
 def settings() -> Settings:
