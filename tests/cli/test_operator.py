@@ -335,7 +335,10 @@ def test_stamp_records_migrations_as_applied_without_running_them(project: Path)
     assert status["current_version"] == 1700000002
     assert status["pending"] == [IDS[2]]
     history = json.loads(run("history", "--json", *common(project), cwd=project).stdout)
-    assert [(h["id"], h["kind"]) for h in history["history"]] == [(IDS[0], "stamp"), (IDS[1], "stamp")]
+    assert [(h["id"], h["kind"]) for h in history["history"]] == [
+        (IDS[0], "stamp"),
+        (IDS[1], "stamp"),
+    ]
     # The rest applies normally afterwards: only the third migration runs.
     assert run("up", *common(project), cwd=project).returncode == 0
     assert values(project) == {b"vc"}
