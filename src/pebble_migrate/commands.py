@@ -121,6 +121,13 @@ class StatusReport:
     )
 
     @property
+    def out_of_order(self) -> list[Migration]:
+        """The pending migrations below the current version (`up` refuses them unless
+        allowed)."""
+        current = planner.version_of(self.state.applied)
+        return [m for m in self.pending if m.version < current]
+
+    @property
     def check_code(self) -> int:
         """The exit code of `status --check`: 4 not clean (a run left halfway counts),
         3 pending (a partly applied migration counts), 0 up to date."""
@@ -185,6 +192,8 @@ class RunOptions:
     """Where backups are (for naming the one to restore when a run cannot resume)."""
     guard_process_exit: bool = False
     """Turn a migration's `os._exit` into a failure (the CLI sets it; it owns its process)."""
+    allow_out_of_order: bool = False
+    """Let `up` apply pending migrations whose version is below the current version."""
 
 
 @dataclass
@@ -198,6 +207,8 @@ class Outcome:
     cleared: str | None = None
     later: tuple[str, ...] = ()
     """For a rerun: the applied migrations after the one rerun (allowed explicitly)."""
+    out_of_order: tuple[str, ...] = ()
+    """For up: the migrations of the plan that run below the current version (allowed)."""
 
 
 @reports_filesystem_errors("up")
@@ -232,11 +243,21 @@ def up(
         first = transitions.to_continue(reading)
         plan = planner.plan_up(migrations, state.applied, version, rerun, first)
         _check_half_done_in_plan(reading, plan, by_id, opts.cli_name)
+        late = tuple(
+            planner.check_order(
+                plan,
+                migrations,
+                state.applied,
+                allowed=opts.allow_out_of_order,
+                halfway=first,
+                cli=opts.cli_name,
+            )
+        )
         discard = [r for r in records.values() if r.migration_id in plan.ids] if from_start else []
         if not discard:
             _check_views(session, plan, opts)
         if dry_run:
-            return Outcome(plan, None)
+            return Outcome(plan, None, out_of_order=late)
         if not plan:
             initialize(states, migrations, opts.reporter)
             return Outcome(plan, None, fresh)
@@ -249,7 +270,7 @@ def up(
         state = initialize(states, migrations, opts.reporter)
         _backup_first(db, state, plan, opts)
         _discard(session, discard, opts)
-        return Outcome(plan, _execute(session, plan, opts), fresh)
+        return Outcome(plan, _execute(session, plan, opts), fresh, out_of_order=late)
 
 
 @reports_filesystem_errors("down")

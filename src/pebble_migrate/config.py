@@ -16,6 +16,7 @@ KNOWN_KEYS = {
     "backup-keep",
     "backup-older-than",
     "backup-mode",
+    "allow-out-of-order",
 }
 BACKUP_MODES = ("link", "copy")
 
@@ -31,6 +32,7 @@ class ProjectConfig:
     backup_keep: int | None = None
     backup_older_than: str | None = None
     backup_mode: str | None = None
+    allow_out_of_order: bool | None = None
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -94,8 +96,15 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
         raise UsageError(
             f'{path}: [tool.pebble-migrate] backup-mode must be "link" or "copy", not {mode!r:.40}'
         )
+    allow = table.get("allow-out-of-order")
+    if allow is not None and not isinstance(allow, bool):
+        raise UsageError(
+            f"{path}: [tool.pebble-migrate] allow-out-of-order must be true or false, "
+            f"not {allow!r:.40}"
+        )
     return ProjectConfig(
         source=path,
+        allow_out_of_order=allow,
         backup_mode=mode,
         database=where("database"),
         migrations=where("migrations"),

@@ -392,3 +392,126 @@ def test_stamp_refuses_and_changes_nothing(
     assert message in " ".join(refused.stderr.split())
     assert "Traceback" not in refused.stderr
     assert snapshot(project / "app.db") == before
+
+
+# --- out-of-order migrations ---------------------------------------------------------------
+
+MERGED = "1700000000_merged_late"
+
+
+def merged_late(project: Path) -> None:
+    """All three applied, then a migration below them appears (a branch merged late)."""
+    assert run("up", *common(project), cwd=project).returncode == 0
+    # It depends on an applied migration: status once failed to list such a one apart.
+    body = f"dependencies = [{IDS[0]!r}]\n" + textwrap.dedent(BODY.format(tag="m"))
+    write_migration(project / "migrations", MERGED, body)
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_up_refuses_a_migration_below_the_current_version(project: Path, dry: bool) -> None:
+    merged_late(project)
+    before = snapshot(project / "app.db")
+
+    refused = run("up", *(["--dry-run"] if dry else []), *common(project), cwd=project)
+
+    assert refused.returncode == 1, refused.stderr
+    assert f"below the current version 1700000003: {MERGED}" in refused.stderr
+    assert "`pebble-migrate up --allow-out-of-order`" in refused.stderr
+    assert snapshot(project / "app.db") == before
+
+
+@pytest.mark.parametrize(
+    ("how", "env", "pyproject"),
+    [
+        (["--allow-out-of-order"], {}, ""),
+        ([], {"PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER": "1"}, ""),
+        ([], {}, "[tool.pebble-migrate]\nallow-out-of-order = true\n"),
+    ],
+)
+def test_out_of_order_applies_when_allowed_by_flag_variable_or_setting(
+    project: Path, how: list[str], env: dict[str, str], pyproject: str
+) -> None:
+    merged_late(project)
+    if pyproject:
+        (project / "pyproject.toml").write_text(pyproject)
+
+    done = run("up", *how, *common(project), cwd=project, env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert f"Applied out of order (allowed): {MERGED}." in done.stdout + done.stderr
+    assert values(project) == {b"vabcm"}
+
+
+def test_allowing_out_of_order_where_nothing_is_says_so(project: Path) -> None:
+    done = run("up", "--allow-out-of-order", *common(project), cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "no pending migration is out of order; it changed nothing" in done.stdout
+    assert values(project) == {b"vabc"}
+
+
+def test_a_bad_allow_out_of_order_setting_is_refused_naming_its_source(project: Path) -> None:
+    before = snapshot(project / "app.db")
+    refused = run("up", *common(project), cwd=project,
+                  env={"PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER": "maybe"})  # fmt: skip
+    assert refused.returncode == 2
+    assert "$PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER must be 1 or 0" in refused.stderr
+    assert snapshot(project / "app.db") == before
+
+    (project / "pyproject.toml").write_text('[tool.pebble-migrate]\nallow-out-of-order = "yes"\n')
+    refused = run("up", *common(project), cwd=project)
+    assert refused.returncode == 2
+    assert "pyproject.toml: [tool.pebble-migrate] allow-out-of-order must be true or false" in (
+        refused.stderr
+    )
+    assert snapshot(project / "app.db") == before
+
+
+def test_status_lists_out_of_order_migrations_apart(project: Path) -> None:
+    merged_late(project)
+    write_migration(project / "migrations", "1700000004_fourth", BODY.format(tag="d"))
+
+    text = run("status", *common(project), cwd=project).stdout
+    shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+
+    assert shown["out_of_order"] == [MERGED]
+    assert shown["pending"] == [MERGED, "1700000004_fourth"]
+    pending, apart = text.split("\nPending\n")[1].split("\nPending out of order")
+    assert "1700000004_fourth" in pending and MERGED not in pending
+    assert MERGED in apart.split("\n\n")[0]
+
+
+STARTUP_APP = """
+import sys
+import pebble_migrate as pm
+import rocksdict
+
+opts = pm.default_startup_options()
+opts.run_migrations = True
+opts.registry = pm.load_migrations(sys.argv[2])
+opts.allow_out_of_order = sys.argv[3] == "allow"
+db = rocksdict.Rdict(sys.argv[1])
+try:
+    pm.check_and_run_startup_migrations(db, sys.argv[1], opts)
+except pm.PlanError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+finally:
+    db.close()
+"""
+
+
+def test_the_startup_check_refuses_out_of_order_unless_its_option_allows(project: Path) -> None:
+    merged_late(project)
+    app = project / "app.py"
+    app.write_text(textwrap.dedent(STARTUP_APP))
+    argv = [sys.executable, str(app), str(project / "app.db"), str(project / "migrations")]
+    before = snapshot(project / "app.db")
+
+    refused = subprocess.run([*argv, "refuse"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert MERGED in refused.stderr and "allow_out_of_order=True" in refused.stderr
+    assert snapshot(project / "app.db") == before
+
+    allowed = subprocess.run([*argv, "allow"], capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0, allowed.stderr
+    assert values(project) == {b"vabcm"}

@@ -77,10 +77,21 @@ def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
     return hook
 
 
-def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool) -> None:
+def _show(
+    out: Renderer,
+    outcome: commands.Outcome,
+    dry_run: bool,
+    backup: bool,
+    allow_flag: bool = False,
+) -> None:
     out.outcome(outcome, dry_run=dry_run)
     if outcome.later and not out.json:
         out.say(f"Later migrations stay applied: {', '.join(outcome.later)}.")
+    if outcome.out_of_order:
+        verb = "Would apply" if dry_run else "Applied"
+        out.say(f"{verb} out of order (allowed): {', '.join(outcome.out_of_order)}.")
+    elif allow_flag:
+        out.say("--allow-out-of-order: no pending migration is out of order; it changed nothing.")
     steps = outcome.report is None and outcome.plan.steps
     if dry_run and backup and steps and not out.json:
         out.say("A backup would be taken first (--no-backup skips it).")
@@ -103,6 +114,11 @@ def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool)
     is_flag=True,
     help="Do not run each migration's validate() before recording it applied.",
 )
+@click.option(
+    "--allow-out-of-order",
+    is_flag=True,
+    help="Also apply pending migrations whose version is below the current version.",
+)
 @chunk_options
 def up(
     version: str | None,
@@ -111,6 +127,7 @@ def up(
     from_start: bool,
     no_backup: bool,
     no_validate: bool,
+    allow_out_of_order: bool,
     chunk_records: int,
     chunk_bytes: int,
 ) -> None:
@@ -131,6 +148,7 @@ def up(
         policy=ChunkPolicy(chunk_records, chunk_bytes),
         validate=not no_validate,
     )
+    opts.allow_out_of_order = s.allow_out_of_order(allow_out_of_order)
     outcome = commands.up(
         s.database_path(),
         s.registry(),
@@ -140,7 +158,7 @@ def up(
         from_start=from_start,
         options=opts,
     )
-    _show(out, outcome, s.dry_run, not no_backup)
+    _show(out, outcome, s.dry_run, not no_backup, allow_out_of_order)
 
 
 @cli.command()

@@ -21,6 +21,9 @@ ENV_DATABASE = "PEBBLE_MIGRATE_DATABASE"
 ENV_MIGRATIONS = "PEBBLE_MIGRATE_MIGRATIONS"
 ENV_BACKUP_DIR = "PEBBLE_MIGRATE_BACKUP_DIR"
 ENV_BACKUP_MODE = "PEBBLE_MIGRATE_BACKUP_MODE"
+ENV_ALLOW_OUT_OF_ORDER = "PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 @dataclass
@@ -102,6 +105,22 @@ class Settings:
                 )
             return mode
         return self.project.backup_mode or "link"
+
+    def allow_out_of_order(self, flag: bool) -> bool:
+        """Whether `up` may apply migrations below the current version: the flag, else
+        $PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER, else `allow-out-of-order` in pyproject.toml."""
+        if flag:
+            return True
+        text = os.environ.get(ENV_ALLOW_OUT_OF_ORDER)
+        if text is not None:
+            if text.strip().lower() not in _TRUE + _FALSE:
+                raise UsageError(
+                    f"${ENV_ALLOW_OUT_OF_ORDER} must be 1 or 0 (true/false, yes/no), "
+                    f"not {text!r:.40}.",
+                    hint=f"Nothing was changed. Correct ${ENV_ALLOW_OUT_OF_ORDER}, or unset it.",
+                )
+            return text.strip().lower() in _TRUE
+        return bool(self.project.allow_out_of_order)
 
     def backups(self) -> str | None:
         """Return the configured backup directory, or None for the default beside the db."""

@@ -245,15 +245,31 @@ class Renderer:
                     ("Applied but missing from the code:", "yellow"), " ", ", ".join(report.missing)
                 )
             )
-        if report.pending:
-            self.out.print(Text("\nPending", style="bold"))
-            pending = Table.grid(padding=(0, 2))
-            for m in report.pending:
-                pending.add_row(f"  {m.id}", m.description)
-            _print_table(self.out, pending)
+        self._pending(report)
         if report.history:
             self.out.print(Text("\nRecent history", style="bold"))
             _print_table(self.out, _history_table(report.history))
+
+    def _pending(self, report: StatusReport) -> None:
+        """The pending migrations, those out of order apart."""
+        late = {m.id for m in report.out_of_order}
+        in_order = [m for m in report.pending if m.id not in late]
+        if in_order:
+            self.out.print(Text("\nPending", style="bold"))
+            pending = Table.grid(padding=(0, 2))
+            for m in in_order:
+                pending.add_row(f"  {m.id}", m.description)
+            _print_table(self.out, pending)
+        if late:
+            self.out.print(
+                Text("\nPending out of order (below the current version; ", style="bold")
+                + Text("up --allow-out-of-order", style="bold")
+                + Text(" applies them)", style="bold")
+            )
+            apart = Table.grid(padding=(0, 2))
+            for m in report.out_of_order:
+                apart.add_row(f"  {m.id}", m.description)
+            _print_table(self.out, apart)
 
     def _status_json(self, report: StatusReport) -> dict[str, Any]:
         state = report.state
@@ -270,6 +286,7 @@ class Renderer:
             "last_error": state.last_error,
             "database_id": state.database_id,
             "pending": [m.id for m in report.pending],
+            "out_of_order": [m.id for m in report.out_of_order],
             "missing_code": report.missing,
             "counts": {
                 "applied": len(state.applied),
