@@ -433,16 +433,16 @@ class ValidationFailed(MigrateError):
         migration_id: str | None = None,
         cli: str = "pebble-migrate",
         way_out: str = "",
+        verbose: bool = False,
     ) -> None:
         self.problems = tuple(problems)
         self.migration_id = migration_id
         listing = f"{len(self.problems)} problem(s): " + "; ".join(self.problems)
         if migration_id is None:
+            listed = "" if verbose else f" `{cli} validate --verbose` lists every check."
             super().__init__(
                 f"validation found {listing}",
-                hint=way_out
-                or f"See `{cli} validate --verbose`; to undo the last migration, "
-                f"run `{cli} down VERSION`.",
+                hint=(way_out + listed).strip() or "validate changed nothing.",
             )
             return
         super().__init__(

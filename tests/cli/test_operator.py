@@ -515,3 +515,129 @@ def test_the_startup_check_refuses_out_of_order_unless_its_option_allows(project
     allowed = subprocess.run([*argv, "allow"], capture_output=True, text=True, timeout=120)
     assert allowed.returncode == 0, allowed.stderr
     assert values(project) == {b"vabcm"}
+
+
+# --- errors that point at the data --------------------------------------------------------
+
+FAILS_AT_KEY = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:", name="tagging"):
+        if key == b"k:13":
+            raise ValueError("bad value")
+        ctx.put(key, value + b"!")
+"""
+
+
+def test_a_failure_inside_a_scan_names_the_key_the_scan_and_the_last_commit(
+    project: Path,
+) -> None:
+    write_migration(project / "migrations", "1700000004_fails", FAILS_AT_KEY)
+    assert run("up", IDS[2], *common(project), cwd=project).returncode == 0
+
+    failed = run("up", "--chunk-records", "5", *common(project), cwd=project)
+
+    where = "scan 'tagging' at key b'k:13'; last committed key: b'k:09'"
+    assert failed.returncode == 6
+    assert f"ValueError: bad value ({where})" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    status = run("status", *common(project), cwd=project).stdout
+    assert where in status
+    shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert where in shown["last_error"]
+    history = json.loads(run("history", "--json", *common(project), cwd=project).stdout)
+    assert where in history["history"][-1]["error"]
+    verbose = run("up", "-v", *common(project), cwd=project)  # refused: dirty; no traceback
+    assert verbose.returncode == 4
+
+
+def test_a_long_or_binary_key_is_shown_printable_and_shortened(project: Path) -> None:
+    body = FAILS_AT_KEY.replace('key == b"k:13"', 'key.startswith(b"k:\\xff")')
+    write_migration(project / "migrations", "1700000004_fails", body)
+    import rocksdict
+
+
+    db = rocksdict.Rdict(str(project / "app.db"))
+    db[b"k:\xff" + b"\x01" * 200] = b"v"
+    db.close()
+    assert run("up", IDS[2], *common(project), cwd=project).returncode == 0
+
+    failed = run("up", *common(project), cwd=project)
+
+    assert failed.returncode == 6
+    assert "at key 0x6b3aff0101" in failed.stderr
+    assert "... (203 bytes)" in failed.stderr
+
+
+# --- validate ID... ------------------------------------------------------------------------
+
+CHECKED = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"!")
+
+
+def validate(ctx):
+    return [key for key, value in ctx.scan(prefix=b"k:") if not value.endswith(b"!")]
+"""
+RETAG = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value.rstrip(b"!") + b"?")
+"""
+
+
+@pytest.fixture
+def checked(tmp_path: Path) -> Path:
+    create_database(tmp_path / "app.db", {b"k:%02d" % i: b"v" for i in range(12)})
+    (tmp_path / "migrations").mkdir()
+    write_migration(tmp_path / "migrations", "1700000001_mark", CHECKED)
+    write_migration(tmp_path / "migrations", "1700000002_other", BODY.format(tag="o"))
+    return tmp_path
+
+
+def test_validate_runs_only_the_checks_of_the_migrations_named(checked: Path) -> None:
+    assert run("up", *common(checked), cwd=checked).returncode == 0
+    named = run("validate", "-v", "1700000001", *common(checked), cwd=checked)
+    assert named.returncode == 7  # BODY's tag broke mark's check: the data changed after it
+    assert "validate 1700000001_mark" in named.stdout
+
+    other = run("validate", "-v", "1700000002_other", *common(checked), cwd=checked)
+    assert other.returncode == 0, other.stderr
+    assert "validate 1700000001_mark" not in other.stdout
+
+
+def test_a_failing_check_with_later_migrations_is_reported_as_maybe_stale(checked: Path) -> None:
+    write_migration(checked / "migrations", "1700000002_other", RETAG)
+    assert run("up", *common(checked), cwd=checked).returncode == 0
+
+    failed = run("validate", *common(checked), cwd=checked)
+
+    assert failed.returncode == 7
+    said = " ".join(failed.stderr.split())
+    assert "Warning: 1700000002_other applied after it and may have changed the data" in said
+    assert "the check may be stale" in said
+    # The keys the check returned, printable, at most ten, then a count.
+    assert "key b'k:00'; key b'k:01'" in said and "; ... and 2 more" in said
+    assert "validate --verbose` lists every check" in said
+    verbose = run("validate", "-v", *common(checked), cwd=checked)
+    assert "--verbose" not in verbose.stderr
+
+
+@pytest.mark.parametrize(
+    ("ident", "message"),
+    [
+        ("1700000009", "no migration has version or id '1700000009'"),
+        ("1700000002_other", "1700000002_other is not applied"),
+    ],
+)
+def test_validate_of_an_unknown_or_unapplied_id_is_refused(
+    checked: Path, ident: str, message: str
+) -> None:
+    assert run("up", "1700000001", *common(checked), cwd=checked).returncode == 0
+    before = snapshot(checked / "app.db")
+
+    refused = run("validate", ident, *common(checked), cwd=checked)
+
+    assert refused.returncode == 1
+    assert message in refused.stderr
+    assert snapshot(checked / "app.db") == before

@@ -71,10 +71,18 @@ def history(limit: int | None) -> None:
     help="Also read everything back as RocksDB stored it: every table file's blocks "
     "(checksums), the write-ahead log, every state record, the scans' views.",
 )
-def validate(deep: bool) -> None:
-    """Check the migrations, the recorded state, and each applied migration's data."""
+@click.argument("ids", metavar="[ID]...", nargs=-1)
+def validate(deep: bool, ids: tuple[str, ...]) -> None:
+    """Check the migrations, the recorded state, and each applied migration's data.
+
+    Given IDs (ids or versions), run only those migrations' own checks.
+    """
     s = settings()
-    report = validation.validate(s.database_path(), s.registry(), deep=deep)
+    report = validation.validate(
+        s.database_path(), s.registry(), deep=deep, only=ids, cli=s.cli_name
+    )
     renderer(s).validation(report)
     if report.problems:
-        raise ValidationFailed(report.problems, way_out=report.way_out)
+        raise ValidationFailed(
+            report.problems, way_out=report.way_out, cli=s.cli_name, verbose=s.verbose
+        )
