@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from typing import Any
@@ -67,6 +66,8 @@ def cli() -> None:
 
 
 def _configure_logging() -> None:
+    import logging  # not at the top: `--help` needs no logging
+
     logger = logging.getLogger("pebble_migrate")
     if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -117,6 +116,8 @@ def list_cmd() -> None:
 @click.argument("source", metavar="PATH_OR_ID")
 def verify_cmd(source: str) -> None:
     """Check that a backup's files match their recorded sizes and checksums."""
+    from pathlib import Path
+
     from pebble_migrate import backup as backups
     from pebble_migrate import restore as restoring
 
@@ -320,7 +321,7 @@ def _recover(s: Settings, out: Renderer) -> None:
     """Finish or undo a restore into the database that was killed midway."""
     from pebble_migrate import restore as restoring
 
-    message = restoring.recover(Path(s.database_path()))
+    message = restoring.recover(s.database_path())
     if message is not None:
         out.note(message[0].upper() + message[1:] + ".")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -26,7 +26,7 @@ def renderer(s: Settings) -> Renderer:
 def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:
     """Return the migrations; None only when none were named, the default ./migrations
     is absent, and the command can do without them."""
-    if not required and not s.migrations_configured() and not Path(s.migrations_dir()).is_dir():
+    if not required and not s.migrations_configured() and not os.path.isdir(s.migrations_dir()):
         return None
     return s.registry()
 

@@ -6,7 +6,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -91,6 +90,8 @@ class Settings:
 
     def registry(self) -> Registry:
         """Load and check the migrations."""
+        from pathlib import Path
+
         from pebble_migrate.registry import load_migrations
 
         registry = load_migrations(Path(self.migrations_dir()))
