@@ -207,7 +207,8 @@ def test_an_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_project_config(tmp_path)
     assert info.value.hint == (
-        "Known keys: allow-out-of-order, backup-dir, backup-keep, backup-mode, backup-older-than, database, migrations."
+        "Known keys: allow-out-of-order, backup-dir, backup-keep, backup-mode, "
+        "backup-older-than, database, migrations."
     )
 
 
@@ -763,4 +764,6 @@ def test_deep_validate_checks_the_view_of_each_scan_left_halfway(tmp_path: Path)
     )
     assert by_name["table files"].ok and by_name["write-ahead log"].ok
     assert not by_name["progress"].ok
-    assert by_name["progress"].detail.startswith(f"partly applied: {MID} (scan 'second' after b'k:029'")
+    assert by_name["progress"].detail.startswith(
+        f"partly applied: {MID} (scan 'second' after b'k:029'"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import restore, store, transitions, views
+from pebble_migrate import store, transitions, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
 from pebble_migrate.errors import (
@@ -33,7 +33,7 @@ from pebble_migrate.executor import (
 )
 from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import Migration
-from pebble_migrate.paths import resolve_database
+from pebble_migrate.paths import resolve_database, restore_leftovers
 from pebble_migrate.registry import Registry
 from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
@@ -67,9 +67,12 @@ class Session:
     def __init__(self, db_path: str | Path, *, read_only: bool, create: bool = False) -> None:
         self.path = resolve_database(db_path)
         self.read_only = read_only
-        finished = restore.recover(self.path)
-        if finished:
-            log.warning("%s", finished)
+        if restore_leftovers(self.path):  # else there is nothing to recover
+            from pebble_migrate import restore
+
+            finished = restore.recover(self.path)
+            if finished:
+                log.warning("%s", finished)
         self.db = store.open_database(self.path, read_only=read_only, create=create)
         self.states = StateStore(self.db, str(self.path))
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import re
-import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import ParamSpec, TypeVar
 
-from pebble_migrate.units import format_bytes
+# `import pebble_migrate` imports this module eagerly, so what it imports at module level is
+# paid by every application start: typing, re, traceback and datetime (through units) are
+# imported only where they are used. `TYPE_CHECKING = False` is the idiom type checkers
+# treat as true without importing typing at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from typing import ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 # Exit codes the CLI uses; documented in docs/cli.md. Health checks rely on them.
 EXIT_ERROR = 1
@@ -48,6 +54,8 @@ def name_the_cli(exc: MigrateError, cli: str) -> MigrateError:
     """Make the commands an error's message and hint suggest use `cli` (the name the
     application runs pebble-migrate by, e.g. `myapp db`) instead of `pebble-migrate`."""
     if cli != DEFAULT_CLI:
+        import re
+
         for attribute in ("message", "hint"):
             text = getattr(exc, attribute)
             if text:
@@ -143,6 +151,8 @@ class DiskFullError(StorageError):
         *,
         hint: str | None = None,
     ) -> None:
+        from pebble_migrate.units import format_bytes
+
         self.free = free
         self.needed = needed
         numbers = []
@@ -191,10 +201,6 @@ def filesystem_errors(operation: str) -> Iterator[None]:
         raise FilesystemError(operation, exc) from exc
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
 def reports_filesystem_errors(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a public verb so that a failing file operation inside it is a
     FilesystemError naming the verb, never a bare OSError."""
@@ -214,6 +220,8 @@ class InsufficientSpace(MigrateError):
     """Raised before any write when free space is below what the job needs."""
 
     def __init__(self, path: str, free: int, needed: int, what: str) -> None:
+        from pebble_migrate.units import format_bytes
+
         self.free = free
         self.needed = needed
         super().__init__(
@@ -472,6 +480,8 @@ def release_frames(exc: BaseException) -> None:
     """Clear the local variables of the finished frames an exception carries (and of its
     cause and context): a stored exception must not keep a rocksdict handle, iterator or
     snapshot alive, or the application could not close and reopen its database."""
+    import traceback
+
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:

@@ -555,7 +555,6 @@ def test_a_long_or_binary_key_is_shown_printable_and_shortened(project: Path) ->
     write_migration(project / "migrations", "1700000004_fails", body)
     import rocksdict
 
-
     db = rocksdict.Rdict(str(project / "app.db"))
     db[b"k:\xff" + b"\x01" * 200] = b"v"
     db.close()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from typing import Any
 
 import click
 
+# Only what `--help` needs is imported here: the commands import the library, the renderer
+# (rich) and RocksDB inside their functions, so that `--help` starts fast and each command
+# pays only for what it uses.
 from pebble_migrate.cli.options import Settings, global_options, settings
-from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import EXIT_SIGINT, FilesystemError, MigrateError
 
 
@@ -31,6 +32,8 @@ class _Group(click.Group):
                     f"{settings().cli_name} {ctx.invoked_subcommand or ''}".strip(), raised
                 )
             )
+            from pebble_migrate.cli.render import Renderer
+
             s = settings()
             _name_the_backups_that_repair(exc, s)
             Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name).error(exc)
@@ -63,6 +66,8 @@ def cli() -> None:
 
 
 def _configure_logging() -> None:
+    import logging  # not at the top: `--help` needs no logging
+
     logger = logging.getLogger("pebble_migrate")
     if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)

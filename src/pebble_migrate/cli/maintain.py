@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pebble_migrate import maintenance
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
@@ -22,6 +21,8 @@ from pebble_migrate.cli.options import (
 @yes_option
 def force_clean(yes: bool) -> None:
     """Set the status to clean without marking the interrupted migration applied."""
+    from pebble_migrate import maintenance
+
     s = settings()
     result = maintenance.force_clean(
         s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
@@ -35,6 +36,8 @@ def force_clean(yes: bool) -> None:
 @yes_option
 def repair(yes: bool) -> None:
     """Add missing history records for applied migrations; fix a wrong version."""
+    from pebble_migrate import maintenance
+
     s = settings()
     report = maintenance.repair(
         s.database_path(), confirm=confirmer(yes, destructive=True), dry_run=s.dry_run
@@ -54,6 +57,8 @@ def stamp(version: str, yes: bool) -> None:
     `stamp`, Flyway `baseline`). Migrations above VERSION are recorded as not applied,
     without running their `down`.
     """
+    from pebble_migrate import maintenance
+
     s = settings()
     result = maintenance.stamp(
         s.database_path(),
@@ -72,5 +77,7 @@ def stamp(version: str, yes: bool) -> None:
 @click.argument("name")
 def create(name: str) -> None:
     """Write a new migration file NAME with a fresh timestamp into the migrations directory."""
+    from pebble_migrate import maintenance
+
     s = settings()
     renderer(s).created(maintenance.create(s.migrations_dir(), name, dry_run=s.dry_run), s.dry_run)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import click
-import rocksdict
+from typing import TYPE_CHECKING
 
-from pebble_migrate import commands
+import click
+
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
@@ -17,10 +17,15 @@ from pebble_migrate.cli.options import (
     settings,
     yes_option,
 )
-from pebble_migrate.cli.render import Renderer
-from pebble_migrate.context import ChunkPolicy
-from pebble_migrate.plan import Plan
-from pebble_migrate.state import State
+
+if TYPE_CHECKING:
+    import rocksdict
+
+    from pebble_migrate import commands
+    from pebble_migrate.cli.render import Renderer
+    from pebble_migrate.context import ChunkPolicy
+    from pebble_migrate.plan import Plan
+    from pebble_migrate.state import State
 
 
 def _run_options(
@@ -33,6 +38,9 @@ def _run_options(
     policy: ChunkPolicy | None = None,
     validate: bool = True,
 ) -> commands.RunOptions:
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     if backup:
         from pebble_migrate.cli.backup import retention_setting
 
@@ -137,6 +145,9 @@ def up(
     runs, so scripts need no --yes. An interrupted migration that can resume continues
     where it stopped.
     """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(
@@ -187,6 +198,9 @@ def down(
     `down --steps N` rolls back the N newest instead. One of the two is required: a bare
     `down` is refused rather than guessing how far to go.
     """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(
@@ -232,6 +246,9 @@ def rerun(
     Refused while later migrations are applied, unless --allow-later: they may have read
     or changed what ID wrote, and the rerun would rebuild it from the data as they left it.
     """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(

@@ -6,14 +6,15 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pebble_migrate.config import BACKUP_MODES, ProjectConfig, load_project_config
 from pebble_migrate.errors import ConfirmationRequired, UsageError
-from pebble_migrate.registry import Registry, load_migrations
+
+if TYPE_CHECKING:
+    from pebble_migrate.config import ProjectConfig
+    from pebble_migrate.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +46,8 @@ class Settings:
     def project(self) -> ProjectConfig:
         """The `[tool.pebble-migrate]` settings (read once)."""
         if self._project is None:
+            from pebble_migrate.config import load_project_config
+
             self._project = load_project_config()
         return self._project
 
@@ -90,12 +93,18 @@ class Settings:
 
     def registry(self) -> Registry:
         """Load and check the migrations."""
+        from pathlib import Path
+
+        from pebble_migrate.registry import load_migrations
+
         registry = load_migrations(Path(self.migrations_dir()))
         registry.check()
         return registry
 
     def backup_mode(self) -> str:
         """Return how automatic backups are made: "link" (the default) or "copy"."""
+        from pebble_migrate.config import BACKUP_MODES
+
         mode = os.environ.get(ENV_BACKUP_MODE)
         if mode is not None:
             if mode not in BACKUP_MODES:

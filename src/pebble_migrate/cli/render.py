@@ -14,30 +14,15 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
-from pebble_migrate.backup import BackupInfo
-from pebble_migrate.catalog import KeptDatabase
-from pebble_migrate.commands import Outcome, StatusReport
 from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
-from pebble_migrate.events import Event
-from pebble_migrate.maintenance import ForceCleanResult, RepairReport, StampResult
-from pebble_migrate.plan import Plan
-from pebble_migrate.state import HistoryRecord, State, Status
-from pebble_migrate.transitions import TABLE, Reading, Situation
+from pebble_migrate.transitions import TABLE, Situation
 from pebble_migrate.units import (
     format_age,
     format_bytes,
@@ -46,7 +31,22 @@ from pebble_migrate.units import (
     utc_now,
     version_time,
 )
-from pebble_migrate.validation import ValidationReport
+
+# What the renderer shows is only named in annotations: importing it here would make
+# every command (`status` above all) pay for the modules of every other one. Progress
+# bars are imported by the first one shown.
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from pebble_migrate.backup import BackupInfo
+    from pebble_migrate.catalog import KeptDatabase
+    from pebble_migrate.commands import Outcome, StatusReport
+    from pebble_migrate.events import Event
+    from pebble_migrate.maintenance import ForceCleanResult, RepairReport, StampResult
+    from pebble_migrate.plan import Plan
+    from pebble_migrate.state import HistoryRecord, State, Status
+    from pebble_migrate.transitions import Reading
+    from pebble_migrate.validation import ValidationReport
 
 LOG_EVERY_S = 5.0
 
@@ -158,6 +158,14 @@ class Renderer:
                 self.err.print(f"{event.message} keys")
             return
         if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),
