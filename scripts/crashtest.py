@@ -52,7 +52,6 @@ def up(ctx):
 APP = """
 import sys
 import pebble_migrate as pm
-import rocksdict
 
 db_path, migrations = sys.argv[1], sys.argv[2]
 opts = pm.default_startup_options()
@@ -60,7 +59,7 @@ opts.run_migrations = True
 opts.registry = pm.load_migrations(migrations)
 opts.check_disk_space = False
 opts.chunk_policy = pm.ChunkPolicy(records=int(sys.argv[3]))
-db = rocksdict.Rdict(db_path)
+db = pm.open_database(db_path)  # as rocksdict.Rdict(db_path), and mends what a kill left
 try:
     pm.check_and_run_startup_migrations(db, db_path, opts)
 finally:

@@ -15,6 +15,7 @@ import inspect
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -117,6 +118,13 @@ def test_run_times_show_milliseconds_tenths_of_seconds_or_minutes_and_seconds() 
     assert units.format_duration(3.44) == "3.4s"
     assert units.format_duration(59.94) == "59.9s"
     assert units.format_duration(125.9) == "2m05s"
+
+
+def test_times_are_shown_in_utc_and_no_time_as_a_dash() -> None:
+    assert units.format_time(None) == "-"
+    assert units.format_time(datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)) == (
+        "2023-11-14 22:13:20 UTC"
+    )
 
 
 # --- space ----------------------------------------------------------------------------
@@ -278,6 +286,7 @@ def test_a_read_only_open_of_a_database_without_rocksdicts_config_writes_none(
 ) -> None:
     db_path = create_database(tmp_path / "db", {b"key": b"value"})
     (db_path / "rocksdict-config.json").unlink()  # as a database made by another program
+    assert integrity.check_settings_files(db_path) is None  # nothing to check it against
     db = store.open_database(db_path, read_only=True)
     try:
         assert db.get(b"key") == b"value"
@@ -448,7 +457,8 @@ def backup(db_path: Path, tmp_path: Path) -> BackupInfo:
 def test_archiving_without_room_for_the_archive_is_refused(
     backup: BackupInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 10))  # type: ignore[attr-defined]
+    nearly_full = shutil.disk_usage(backup.path)._replace(free=10)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: nearly_full)
     with pytest.raises(pm.InsufficientSpace) as info:
         archive.archive_backup(backup)
     assert f"archiving backup {backup.id}" in info.value.message
@@ -880,8 +890,6 @@ def test_progress_is_reported_at_most_every_quarter_second(
 
 
 def test_progress_is_a_stop_point_when_a_signal_came(db_path: Path) -> None:
-    import signal
-
     def up(ctx: Any) -> None:
         ctx.put(b"staged", b"1")
         signal.raise_signal(signal.SIGINT)
@@ -897,8 +905,8 @@ def test_progress_is_a_stop_point_when_a_signal_came(db_path: Path) -> None:
     assert b"staged" not in contents(db_path)["default"]
 
 
-def test_a_large_scan_takes_its_total_from_the_counting_child(tmp_path: Path) -> None:
-    many = {b"n:%06d" % i: b"" for i in range(counting.INLINE_LIMIT + 500)}
+def test_a_large_scan_is_counted_by_a_child_without_waiting_for_it(tmp_path: Path) -> None:
+    many = {b"n:%06d" % i: b"" for i in range(counting.INLINE_LIMIT + 2_000)}
     db_path = create_database(tmp_path / "db", many)
     events: list[Event] = []
 

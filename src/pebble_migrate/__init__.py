@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         StartupOptions,
         check_and_run_startup_migrations,
         default_startup_options,
+        open_database,
     )
     from pebble_migrate.state import HistoryRecord, State, Status, read_state
     from pebble_migrate.validation import validate
@@ -110,6 +111,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "recover_interrupted_restore": ("restore", "recover"),
     "StartupOptions": ("startup", "StartupOptions"),
     "check_and_run_startup_migrations": ("startup", "check_and_run_startup_migrations"),
+    "open_database": ("startup", "open_database"),
     "default_startup_options": ("startup", "default_startup_options"),
     "HistoryRecord": ("state", "HistoryRecord"),
     "State": ("state", "State"),
@@ -202,6 +204,7 @@ __all__ = [
     "history",
     "list_backups",
     "load_migrations",
+    "open_database",
     "read_state",
     "recover_interrupted_restore",
     "register",

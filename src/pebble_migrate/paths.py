@@ -34,7 +34,9 @@ def resolve_database(path: str | Path) -> Path:
             "name can hold.",
             hint="Nothing was changed. Pass the path without it.",
         )
-    return Path(os.path.realpath(Path(path).expanduser()))
+    # os.path.expanduser leaves `~nosuchuser` as it is (as a shell does); Path.expanduser
+    # raises RuntimeError for it.
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
 def work_dir(db_path: Path) -> Path:

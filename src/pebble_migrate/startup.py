@@ -63,6 +63,17 @@ def default_startup_options() -> StartupOptions:
     return StartupOptions()
 
 
+@reports_filesystem_errors("open")
+def open_database(db_path: str | Path, *, create: bool = False) -> rocksdict.Rdict:
+    """Open the database for the application as `rocksdict.Rdict(path)` does: its own
+    options, column families and key mode. Unlike it, never creates a database unless
+    `create` (then a raw-mode one, at a missing path or an empty directory), and mends a
+    database whose newest OPTIONS file misses a column family (a process killed while
+    RocksDB created one), which `rocksdict.Rdict(path)` refuses to open. Raises our errors
+    (`DatabaseNotFound`, `DatabaseInUse`, `CorruptionError`, ...)."""
+    return store.open_database(resolve_database(db_path), read_only=False, create=create)
+
+
 @reports_filesystem_errors("the start-up check")
 def check_and_run_startup_migrations(
     db: rocksdict.Rdict, db_path: str | Path, opts: StartupOptions | None = None

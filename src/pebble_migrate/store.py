@@ -74,7 +74,56 @@ def open_database(
     # No Options: rocksdict then loads the database's own options, column families and
     # raw/pickle mode, so databases written by other programs open unchanged.
     access = rocksdict.AccessType.read_write()
-    return _guarded(where, lambda: rocksdict.Rdict(str(where), access_type=access))
+    return _guarded(where, lambda: _open_default(where, where, access, writable=True))
+
+
+_UNOPENED = "Column families not opened"
+
+
+def _open_default(
+    where: Path, at: Path, access: rocksdict.AccessType, *, writable: bool
+) -> rocksdict.Rdict:
+    """Open `at` (the database, or its read-only shadow) as rocksdict does by default.
+
+    A process killed while RocksDB creates a column family can leave it recorded in the
+    MANIFEST but missing from the newest OPTIONS file, from which rocksdict takes the
+    families to open. A read-write open is then refused ("Column families not opened"),
+    for the application too; a read-only open succeeds without the family, so the state
+    would silently read as never initialized. Either way, open naming every family the
+    MANIFEST has: a read-write open then writes a complete OPTIONS file, which mends the
+    database for every later open.
+    """
+    if writable:
+        try:
+            return rocksdict.Rdict(str(at), access_type=access)
+        except Exception as exc:
+            if _UNOPENED not in str(exc):
+                raise
+        return _open_every_family(where, at, access)
+    try:
+        missing = set(rocksdict.Rdict.list_cf(str(at))) - set(
+            rocksdict.Options.load_latest(str(at))[1]
+        )
+    except Exception:  # noqa: BLE001 - damaged files: the open below says what is wrong
+        missing = set()
+    if missing:
+        return _open_every_family(where, at, access)
+    return rocksdict.Rdict(str(at), access_type=access)
+
+
+def _open_every_family(where: Path, at: Path, access: rocksdict.AccessType) -> rocksdict.Rdict:
+    log.warning(
+        "%s: a column family is missing from its OPTIONS file (a process was killed while "
+        "creating it); opening it with every column family%s.",
+        where,
+        ", which writes a complete OPTIONS file" if at == where else "",
+    )
+    options, families = rocksdict.Options.load_latest(str(at))
+    named = dict(families)
+    raw = _configured_raw(at)
+    for name in rocksdict.Rdict.list_cf(str(at)):
+        named.setdefault(name, rocksdict.Options(raw_mode=raw))
+    return rocksdict.Rdict(str(at), options, column_families=named, access_type=access)
 
 
 log = logging.getLogger("pebble_migrate")
@@ -148,7 +197,7 @@ def _open_read_only(where: Path, *, strict_wal: bool = False) -> rocksdict.Rdict
                 options = rocksdict.Options(raw_mode=_configured_raw(at))
                 options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.absolute_consistency())
                 return rocksdict.Rdict(str(at), options=options, access_type=access)
-            return rocksdict.Rdict(str(at), access_type=access)
+            return _open_default(where, at, access, writable=False)
 
         _SHADOWS[str(shadow)] = os.path.realpath(where)
         try:
