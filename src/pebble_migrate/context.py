@@ -373,6 +373,8 @@ class MigrationContext:
                         if guard.first or since >= records or self._batch.size_in_bytes() >= size:
                             done, since = done + since, 0
                             self._end_chunk(cursor, prev, done)
+                        else:
+                            self._tick(cursor, done + since)
                         check = min(since + 64, records)
                 elif after is not None and key == after:
                     continue  # processed and committed by the run that stopped
@@ -429,6 +431,16 @@ class MigrationContext:
         cursor.total = counter.total
         self._counter = counter
         return counter
+
+    def _tick(self, cursor: ScanCursor, count: int) -> None:
+        """Between commits, every 64 keys: report progress once PROGRESS_EVERY_S has passed,
+        so a person watching sees it move even when chunks are large or slow."""
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            if cursor.total is None and self._counter is not None:
+                cursor.total = self._counter.poll()
+            self._emit_progress(cursor.name, count, cursor.total)
 
     def _maybe_progress(self, cursor: ScanCursor, force: bool = False) -> None:
         if cursor.total is None and self._counter is not None:

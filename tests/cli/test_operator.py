@@ -640,3 +640,79 @@ def test_validate_of_an_unknown_or_unapplied_id_is_refused(
     assert refused.returncode == 1
     assert message in refused.stderr
     assert snapshot(checked / "app.db") == before
+
+
+# --- progress a person can watch ----------------------------------------------------------
+
+SLOW = """
+import time
+
+
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"s:"):
+        time.sleep(0.0004)  # the workload: a slow transform
+        ctx.put(key, value + b"!")
+"""
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> Path:
+    create_database(tmp_path / "app.db", {b"s:%05d" % i: b"v" for i in range(3000)})
+    (tmp_path / "migrations").mkdir()
+    write_migration(tmp_path / "migrations", "1700000001_slow", SLOW)
+    return tmp_path
+
+
+def test_json_progress_advances_by_time_within_one_chunk(slow: Path) -> None:
+    ran = run("up", "--json", "--chunk-records", "1000000", *common(slow), cwd=slow)
+
+    assert ran.returncode == 0, ran.stderr
+    events = [json.loads(line) for line in ran.stdout.splitlines()]
+    done = [e["done"] for e in events if e.get("event") == "progress"]
+    # One chunk for all 3,000 keys: without time-based progress there would be one event.
+    assert len(done) >= 3
+    assert done == sorted(done) and done[-1] == 3000
+
+
+def test_without_a_terminal_the_last_progress_line_shows_the_final_count(slow: Path) -> None:
+    ran = run("up", "--chunk-records", "1000000", *common(slow), cwd=slow)
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    applied = next(i for i, line in enumerate(lines) if line.startswith("applied "))
+    assert lines[applied - 1].startswith("1700000001_slow: 3000")
+    assert lines[applied - 1].endswith("keys")
+
+
+def test_on_ctrl_c_the_bar_is_cleared_before_any_message(slow: Path) -> None:
+    import pty
+    import re
+
+    primary, secondary = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "up", "--yes", "--chunk-records", "500",
+         *common(slow)],
+        cwd=slow, stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True,
+    )  # fmt: skip
+    os.close(secondary)
+    seen = b""
+    while b"keys/s" not in seen and b"/3000" not in seen:  # the bar is on screen
+        chunk = os.read(primary, 4096)
+        assert chunk, seen
+        seen += chunk
+    child.send_signal(signal.SIGINT)
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert child.wait(timeout=60) == 130
+    os.close(primary)
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    for message in ("SIGINT received", "Error: interrupted"):
+        line = next(part for part in re.split(r"[\r\n]", text) if message in part)
+        assert line.startswith(message), repr(line)

@@ -68,9 +68,19 @@ def cli() -> None:
 def _configure_logging() -> None:
     import logging  # not at the top: `--help` needs no logging
 
+    class AboveTheBar(logging.StreamHandler):  # type: ignore[type-arg]
+        """Print through the progress bar's console while one is on screen, so a warning
+        (`SIGINT received: ...`) never lands in the middle of the bar."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            render = sys.modules.get("pebble_migrate.cli.render")
+            if render is not None and render.log_line(self.format(record)):
+                return
+            super().emit(record)
+
     logger = logging.getLogger("pebble_migrate")
     if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = AboveTheBar(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._pebble_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

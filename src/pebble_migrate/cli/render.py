@@ -84,6 +84,7 @@ class Renderer:
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._last_log: dict[str, float] = {}
+        self._unshown: dict[str, str] = {}
         self._started: dict[str, tuple[float, int]] = {}
 
     # --- plumbing --------------------------------------------------------------
@@ -140,6 +141,9 @@ class Renderer:
         if event.kind == "progress":
             self._show_progress(event)
             return
+        self._flush_progress(event.migration_id or "")
+        if event.kind in ("interrupted", "step_failed"):
+            self.stop_progress()  # the bar goes before the message, not through it
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
@@ -155,7 +159,10 @@ class Renderer:
             now = time.monotonic()
             if now - self._last_log.get(key, 0.0) >= LOG_EVERY_S:
                 self._last_log[key] = now
+                self._unshown.pop(key, None)
                 self.err.print(f"{event.message} keys")
+            else:
+                self._unshown[key] = event.message  # shown before the step's next message
             return
         if self._progress is None:
             from rich.progress import (
@@ -176,6 +183,7 @@ class Renderer:
                 transient=False,
             )
             self._progress.start()
+            _LIVE[:] = [self._progress.console]
         if key not in self._tasks:
             scan = event.data.get("scan") or ""
             label = f"{event.data.get('label', event.migration_id)} {scan}".strip()
@@ -185,6 +193,12 @@ class Renderer:
         elapsed = time.monotonic() - began
         rate = f"{(done - first) / elapsed:,.0f} keys/s" if elapsed > 0.5 else ""
         self._progress.update(self._tasks[key], completed=done, total=total, rate=rate)
+
+    def _flush_progress(self, migration_id: str) -> None:
+        """Without a terminal, print the latest progress line of the step that was held
+        back by the rate limit, so the line before `applied` shows the final count."""
+        for key in [k for k in self._unshown if k.startswith(migration_id + "/")]:
+            self.err.print(f"{self._unshown.pop(key)} keys")
 
     def _finish_task(self, migration_id: str) -> None:
         for key in [k for k in self._tasks if k.startswith(migration_id + "/")]:
@@ -198,6 +212,7 @@ class Renderer:
             self._progress.stop()
             self._progress = None
             self._tasks.clear()
+            _LIVE.clear()
 
     # --- results ---------------------------------------------------------------
 
@@ -631,6 +646,19 @@ def _after_force_clean(before: State, left: Reading) -> str:
             "stopped: check it (`validate`), then `down VERSION` again, or restore a backup."
         )
     return "Nothing was marked applied; `up` runs it again from its start."
+
+
+_LIVE: list[Console] = []
+"""The console of the progress bar on screen, if one is: log lines go through it."""
+
+
+def log_line(text: str) -> bool:
+    """Print a log line above the progress bar on screen (rich redraws the bar below it);
+    return False when no bar is on screen (the caller prints it as usual)."""
+    if not _LIVE:
+        return False
+    _LIVE[0].print(Text(text))
+    return True
 
 
 def _print_table(console: Console, table: Table) -> None:
