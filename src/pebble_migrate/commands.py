@@ -212,6 +212,8 @@ class Outcome:
     """For a rerun: the applied migrations after the one rerun (allowed explicitly)."""
     out_of_order: tuple[str, ...] = ()
     """For up: the migrations of the plan that run below the current version (allowed)."""
+    created: str | None = None
+    """For `up --create --dry-run` at a path with no database: where it would create one."""
 
 
 @reports_filesystem_errors("up")
@@ -229,6 +231,11 @@ def up(
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
+    if create and dry_run and store.is_creatable(resolve_database(db_path)):
+        # What `up --create` would do there: create an empty database and stamp it.
+        stamp = planner.Plan("up", (), 0, registry.latest_version)
+        where = str(resolve_database(db_path))
+        return Outcome(stamp, None, True, stamp=bool(migrations), created=where)
     with opened(db_path, read_only=dry_run, create=create and not dry_run) as session:
         db, states = session.db, session.states
         state = states.read()

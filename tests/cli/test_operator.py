@@ -716,3 +716,60 @@ def test_on_ctrl_c_the_bar_is_cleared_before_any_message(slow: Path) -> None:
     for message in ("SIGINT received", "Error: interrupted"):
         line = next(part for part in re.split(r"[\r\n]", text) if message in part)
         assert line.startswith(message), repr(line)
+
+
+def test_up_create_dry_run_on_a_missing_path_says_what_up_create_would_do(
+    project: Path,
+) -> None:
+    ran = run("up", "--create", "--dry-run", "-d", "new.db", "-m", "migrations", cwd=project)
+
+    assert ran.returncode == 0, ran.stderr
+    said = " ".join(ran.stdout.split())
+    assert f"Would do: create an empty database (raw mode) at {project / 'new.db'}" in said
+    assert "stamped at version 1700000003" in said and "Dry run: nothing was changed." in said
+    assert not (project / "new.db").exists()
+
+
+# --- settings checked up front ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["history"], ["status"], ["create", "x", "--dry-run"]])
+@pytest.mark.parametrize(
+    ("env", "pyproject", "message"),
+    [
+        ({"PEBBLE_MIGRATE_BACKUP_MODE": "zip"}, "", '$PEBBLE_MIGRATE_BACKUP_MODE must be "link"'),
+        ({}, "[tool.pebble-migrate]\nbackup-keep = 0\n", "] backup-keep must be a positive"),
+        ({}, "[tool.pebble-migrate]\nbackup-mode = 'zip'\n", "] backup-mode must be"),
+    ],
+)
+def test_every_setting_is_checked_up_front_by_every_command_naming_its_source(
+    project: Path, command: list[str], env: dict[str, str], pyproject: str, message: str
+) -> None:
+    if pyproject:
+        (project / "pyproject.toml").write_text(pyproject)
+    before = snapshot(project / "app.db")
+
+    refused = run(*command, *common(project), cwd=project, env=env)
+
+    assert refused.returncode == 2, refused.stderr
+    assert message in refused.stderr
+    assert ("pyproject.toml: [tool.pebble-migrate]" in refused.stderr) == bool(pyproject)
+    assert snapshot(project / "app.db") == before
+    assert not list((project / "migrations").glob("*_x.py"))
+
+
+# --- shell completion ------------------------------------------------------------------------
+
+
+def test_shell_completion_as_documented(project: Path) -> None:
+    script = run("--version", cwd=project, env={"_PEBBLE_MIGRATE_COMPLETE": "bash_source"})
+    assert script.returncode == 0
+    assert "_pebble_migrate_completion()" in script.stdout
+    assert "complete -o nosort -F _pebble_migrate_completion pebble-migrate" in script.stdout
+
+    env = {"_PEBBLE_MIGRATE_COMPLETE": "bash_complete", "COMP_CWORD": "1"}
+    offered = run(cwd=project, env={**env, "COMP_WORDS": "pebble-migrate st"})
+    assert offered.stdout.split() == ["plain,stamp", "plain,status"]
+    env["COMP_CWORD"] = "2"
+    offered = run(cwd=project, env={**env, "COMP_WORDS": "pebble-migrate backup re"})
+    assert offered.stdout.split() == ["plain,restore"]

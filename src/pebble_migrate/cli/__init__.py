@@ -61,8 +61,10 @@ def cli() -> None:
     4 not clean, 5 database in use, 6 migration failed, 7 validation failed,
     130/143 interrupted by SIGINT/SIGTERM.
     """
-    settings().cli_name = click.get_current_context().command_path
+    s = settings()
+    s.cli_name = click.get_current_context().command_path
     _configure_logging()
+    s.check()  # every setting, up front, whichever command runs
 
 
 def _configure_logging() -> None:

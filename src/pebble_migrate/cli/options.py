@@ -101,6 +101,14 @@ class Settings:
         registry.check()
         return registry
 
+    def check(self) -> None:
+        """Validate every setting that does not come from a flag, up front, whatever the
+        command: the environment variables and the whole `[tool.pebble-migrate]` table.
+        Each message names its source (the variable, or the file and key)."""
+        _ = self.project  # reads the nearest pyproject.toml and checks the whole table
+        self.backup_mode()
+        self.allow_out_of_order(False)
+
     def backup_mode(self) -> str:
         """Return how automatic backups are made: "link" (the default) or "copy"."""
         from pebble_migrate.config import BACKUP_MODES
@@ -109,8 +117,9 @@ class Settings:
         if mode is not None:
             if mode not in BACKUP_MODES:
                 raise UsageError(
-                    f'{ENV_BACKUP_MODE} must be "link" or "copy", not {mode!r:.40}.',
-                    hint=f"Set {ENV_BACKUP_MODE}=copy for independent copies, or unset it.",
+                    f'${ENV_BACKUP_MODE} must be "link" or "copy", not {mode!r:.40}.',
+                    hint=f"Nothing was changed. Set {ENV_BACKUP_MODE}=copy for independent "
+                    "copies, or unset it.",
                 )
             return mode
         return self.project.backup_mode or "link"

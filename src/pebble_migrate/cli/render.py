@@ -378,12 +378,16 @@ class Renderer:
         if outcome.cleared is not None:
             self._said(outcome.cleared, dry_run)
             return
-        if outcome.stamp:
-            self._said(
+        if outcome.stamp or outcome.created:
+            what = (
                 f"fresh empty database: stamped at version {outcome.plan.to_version} with every "
-                "known migration marked applied; nothing ran",
-                dry_run,
+                "known migration marked applied; nothing ran"
+                if outcome.stamp
+                else "no migrations to run"
             )
+            if outcome.created:
+                what = f"create an empty database (raw mode) at {outcome.created}; then {what}"
+            self._said(what, dry_run)
             return
         if report is None:
             self.plan(outcome.plan, dry_run=dry_run, later=outcome.later)
