@@ -773,3 +773,36 @@ def test_shell_completion_as_documented(project: Path) -> None:
     env["COMP_CWORD"] = "2"
     offered = run(cwd=project, env={**env, "COMP_WORDS": "pebble-migrate backup re"})
     assert offered.stdout.split() == ["plain,restore"]
+
+
+# --- status shows a partly applied migration without -v --------------------------------------
+
+TWO_SCANS = """
+import os
+import signal
+
+
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"!")
+    for key, value in ctx.scan(prefix=b"k:", name="index"):
+        ctx.put(b"i:" + key, b"")
+        if key == b"k:12":
+            os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+def test_status_shows_a_partly_applied_migration_in_one_line_without_verbose(
+    project: Path,
+) -> None:
+    write_migration(project / "migrations", "1700000004_two", TWO_SCANS)
+    assert run("up", IDS[2], *common(project), cwd=project).returncode == 0
+    assert run("up", "--chunk-records", "4", *common(project), cwd=project).returncode == 130
+    assert run("force-clean", "--yes", *common(project), cwd=project).returncode == 0
+
+    shown = run("status", *common(project), cwd=project)
+
+    row = shown.stdout.split("Left halfway", 1)[1].split("\n\n", 1)[0]  # one row
+    said = " ".join(row.split())
+    assert "partly-applied: 1700000004_two, scan 'index' after b'k:12' (13 of ~20)" in said
+    assert "(up: continues 1700000004_two after its last committed key" in said
