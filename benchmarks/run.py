@@ -34,6 +34,7 @@ def main() -> None:
         + ([] if args.quick else ["--memory", "100000,1000000,10000000"])
     )
     run([str(HERE / "bench_backup.py"), *quick, "--output", str(out / "backup.md")])
+    run([str(HERE / "bench_startup.py"), *quick, "--output", str(out / "startup.md")])
 
 
 if __name__ == "__main__":

@@ -326,7 +326,7 @@ def test_12_force_clean_after_an_interrupted_rollback_points_at_down(
     said = invoke("force-clean", "-d", str(db), "--yes")
     assert said.exit_code == 0, said.stderr
     assert f"The rollback of {MID} is still halfway" in said.stdout
-    assert "finish it with `down VERSION`" in said.stdout
+    assert "finish it with `down 0`" in said.stdout  # the version it was rolling back to
 
 
 # --- 13: pickle-mode bounds -------------------------------------------------------------

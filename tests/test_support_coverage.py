@@ -207,7 +207,8 @@ def test_an_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_project_config(tmp_path)
     assert info.value.hint == (
-        "Known keys: backup-dir, backup-keep, backup-mode, backup-older-than, database, migrations."
+        "Known keys: allow-out-of-order, backup-dir, backup-keep, backup-mode, "
+        "backup-older-than, database, migrations."
     )
 
 
@@ -406,8 +407,8 @@ def test_a_run_record_round_trips_with_its_partial_keys() -> None:
     record = RunRecord(MID, "rollback", 1, {"users": scan}, {"users": 5})
     back = cursor.decode_record(json.loads(json.dumps(cursor.encode_record(record))))
     assert back == record
-    assert back.describe() == "after 'm' (3)"
-    assert cursor.decode_record(_record()).describe() == "after b'u:7' (7 of ~10)"
+    assert back.describe() == "scan 'users' after 'm' (3)"  # a scan with its own name is named
+    assert cursor.decode_record(_record()).describe() == "scan 'users' after b'u:7' (7 of ~10)"
 
 
 @pytest.mark.parametrize(
@@ -763,4 +764,6 @@ def test_deep_validate_checks_the_view_of_each_scan_left_halfway(tmp_path: Path)
     )
     assert by_name["table files"].ok and by_name["write-ahead log"].ok
     assert not by_name["progress"].ok
-    assert by_name["progress"].detail.startswith(f"partly applied: {MID} (after b'k:029'")
+    assert by_name["progress"].detail.startswith(
+        f"partly applied: {MID} (scan 'second' after b'k:029'"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import restore, store, transitions, views
+from pebble_migrate import store, transitions, views
 from pebble_migrate.context import ChunkPolicy
 from pebble_migrate.cursor import RunRecord, record_key
 from pebble_migrate.errors import (
@@ -33,7 +33,7 @@ from pebble_migrate.executor import (
 )
 from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import Migration
-from pebble_migrate.paths import resolve_database
+from pebble_migrate.paths import resolve_database, restore_leftovers
 from pebble_migrate.registry import Registry
 from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
@@ -67,9 +67,12 @@ class Session:
     def __init__(self, db_path: str | Path, *, read_only: bool, create: bool = False) -> None:
         self.path = resolve_database(db_path)
         self.read_only = read_only
-        finished = restore.recover(self.path)
-        if finished:
-            log.warning("%s", finished)
+        if restore_leftovers(self.path):  # else there is nothing to recover
+            from pebble_migrate import restore
+
+            finished = restore.recover(self.path)
+            if finished:
+                log.warning("%s", finished)
         self.db = store.open_database(self.path, read_only=read_only, create=create)
         self.states = StateStore(self.db, str(self.path))
 
@@ -119,6 +122,13 @@ class StatusReport:
     reading: transitions.Reading = field(
         default_factory=lambda: transitions.Reading(transitions.Situation.CLEAN)
     )
+
+    @property
+    def out_of_order(self) -> list[Migration]:
+        """The pending migrations below the current version (`up` refuses them unless
+        allowed)."""
+        current = planner.version_of(self.state.applied)
+        return [m for m in self.pending if m.version < current]
 
     @property
     def check_code(self) -> int:
@@ -185,6 +195,8 @@ class RunOptions:
     """Where backups are (for naming the one to restore when a run cannot resume)."""
     guard_process_exit: bool = False
     """Turn a migration's `os._exit` into a failure (the CLI sets it; it owns its process)."""
+    allow_out_of_order: bool = False
+    """Let `up` apply pending migrations whose version is below the current version."""
 
 
 @dataclass
@@ -198,6 +210,10 @@ class Outcome:
     cleared: str | None = None
     later: tuple[str, ...] = ()
     """For a rerun: the applied migrations after the one rerun (allowed explicitly)."""
+    out_of_order: tuple[str, ...] = ()
+    """For up: the migrations of the plan that run below the current version (allowed)."""
+    created: str | None = None
+    """For `up --create --dry-run` at a path with no database: where it would create one."""
 
 
 @reports_filesystem_errors("up")
@@ -215,6 +231,11 @@ def up(
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
+    if create and dry_run and store.is_creatable(resolve_database(db_path)):
+        # What `up --create` would do there: create an empty database and stamp it.
+        stamp = planner.Plan("up", (), 0, registry.latest_version)
+        where = str(resolve_database(db_path))
+        return Outcome(stamp, None, True, stamp=bool(migrations), created=where)
     with opened(db_path, read_only=dry_run, create=create and not dry_run) as session:
         db, states = session.db, session.states
         state = states.read()
@@ -232,11 +253,21 @@ def up(
         first = transitions.to_continue(reading)
         plan = planner.plan_up(migrations, state.applied, version, rerun, first)
         _check_half_done_in_plan(reading, plan, by_id, opts.cli_name)
+        late = tuple(
+            planner.check_order(
+                plan,
+                migrations,
+                state.applied,
+                allowed=opts.allow_out_of_order,
+                halfway=first,
+                cli=opts.cli_name,
+            )
+        )
         discard = [r for r in records.values() if r.migration_id in plan.ids] if from_start else []
         if not discard:
             _check_views(session, plan, opts)
         if dry_run:
-            return Outcome(plan, None)
+            return Outcome(plan, None, out_of_order=late)
         if not plan:
             initialize(states, migrations, opts.reporter)
             return Outcome(plan, None, fresh)
@@ -249,25 +280,38 @@ def up(
         state = initialize(states, migrations, opts.reporter)
         _backup_first(db, state, plan, opts)
         _discard(session, discard, opts)
-        return Outcome(plan, _execute(session, plan, opts), fresh)
+        return Outcome(plan, _execute(session, plan, opts), fresh, out_of_order=late)
 
 
 @reports_filesystem_errors("down")
 def down(
     db_path: str | Path,
     registry: Registry,
-    target: str,
+    target: str | None = None,
     *,
+    steps: int | None = None,
     dry_run: bool = False,
     options: RunOptions | None = None,
 ) -> Outcome:
-    """Roll back every applied migration above `target` (0 rolls back all)."""
+    """Roll back every applied migration above `target` (0 rolls back all), or, with
+    `steps`, the `steps` applied migrations with the highest versions."""
     opts = options or RunOptions()
     migrations = registry.ordered()
-    version = planner.resolve_version(migrations, target, allow_zero=True)
+    if (target is None) == (steps is None):
+        raise UsageError(
+            "say how far to roll back: a VERSION or --steps N"
+            + (", not both." if target is not None else "."),
+            hint=f"`{opts.cli_name} down VERSION` keeps VERSION applied and rolls back what "
+            f"is above it (0 = everything); `{opts.cli_name} down --steps 1` rolls back the "
+            "newest applied migration.",
+        )
+    if target is not None:
+        version = planner.resolve_version(migrations, target, allow_zero=True)
     with opened(db_path, read_only=dry_run) as session:
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
+        if steps is not None:
+            version = planner.steps_back(state.applied, steps, opts.cli_name)
         records = run_records(states)
         reading = transitions.read(state, records, {m.id: m for m in migrations})
         transitions.decide(reading, "down", opts.cli_name)

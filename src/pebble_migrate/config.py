@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ KNOWN_KEYS = {
     "backup-keep",
     "backup-older-than",
     "backup-mode",
+    "allow-out-of-order",
 }
 BACKUP_MODES = ("link", "copy")
 
@@ -31,6 +31,7 @@ class ProjectConfig:
     backup_keep: int | None = None
     backup_older_than: str | None = None
     backup_mode: str | None = None
+    allow_out_of_order: bool | None = None
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -53,6 +54,8 @@ def _nearest_table(start: Path) -> tuple[Path, Any] | None:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a pyproject.toml: every command loads this module
+
     try:
         return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -94,8 +97,15 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
         raise UsageError(
             f'{path}: [tool.pebble-migrate] backup-mode must be "link" or "copy", not {mode!r:.40}'
         )
+    allow = table.get("allow-out-of-order")
+    if allow is not None and not isinstance(allow, bool):
+        raise UsageError(
+            f"{path}: [tool.pebble-migrate] allow-out-of-order must be true or false, "
+            f"not {allow!r:.40}"
+        )
     return ProjectConfig(
         source=path,
+        allow_out_of_order=allow,
         backup_mode=mode,
         database=where("database"),
         migrations=where("migrations"),

@@ -103,6 +103,8 @@ class MigrationContext:
         # Weak: a loop left with `break` drops the last reference, which closes the scan at
         # once (marking it finished) instead of whenever the migration ends.
         self._scans: list[weakref.ref[Generator[tuple[Any, Any], None, None]]] = []
+        self._left: tuple[str, Any, Any] | None = None
+        """The scan last left early: its name, the key it was at, the last committed key."""
         self._direct = False
         self._last_progress = 0.0
         self._counter: KeyCount | None = None
@@ -371,6 +373,8 @@ class MigrationContext:
                         if guard.first or since >= records or self._batch.size_in_bytes() >= size:
                             done, since = done + since, 0
                             self._end_chunk(cursor, prev, done)
+                        else:
+                            self._tick(cursor, done + since)
                         check = min(since + 64, records)
                 elif after is not None and key == after:
                     continue  # processed and committed by the run that stopped
@@ -382,9 +386,10 @@ class MigrationContext:
             scanning = False
             self._finish_scan(cursor, prev, done + since + 1)
         except GeneratorExit:
-            # The loop was left early (break): the last key handed out counts as processed;
-            # its writes go with the next commit. (It is thrown in at the yield, so `prev`
-            # is that key.)
+            # The loop was left early (break, or an exception of the migration's own): the
+            # last key handed out counts as processed; its writes go with the next commit.
+            # (It is thrown in at the yield, so `prev` is that key.)
+            self._left = (cursor.name, prev, cursor.after)
             cursor.after, cursor.count = prev, done + since + 1
             cursor.done = True
             raise
@@ -426,6 +431,16 @@ class MigrationContext:
         cursor.total = counter.total
         self._counter = counter
         return counter
+
+    def _tick(self, cursor: ScanCursor, count: int) -> None:
+        """Between commits, every 64 keys: report progress once PROGRESS_EVERY_S has passed,
+        so a person watching sees it move even when chunks are large or slow."""
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            if cursor.total is None and self._counter is not None:
+                cursor.total = self._counter.poll()
+            self._emit_progress(cursor.name, count, cursor.total)
 
     def _maybe_progress(self, cursor: ScanCursor, force: bool = False) -> None:
         if cursor.total is None and self._counter is not None:
@@ -507,6 +522,30 @@ class MigrationContext:
                 scan.close()
         self._scans.clear()
 
+    def position(self) -> str | None:
+        """Say where the migration's code was, when it raised inside a resumable scan: the
+        key it was processing, the scan, and the last key committed (resume starts after
+        it). None when no scan was open at a key.
+
+        Read from the suspended scan generator itself, so the hot loop pays nothing for it.
+        """
+        left: tuple[str, Any, Any] | None = self._left  # the loop was unwound by the error
+        for ref in reversed(self._scans):
+            scan = ref()
+            if scan is None or inspect.getgeneratorstate(scan) != inspect.GEN_SUSPENDED:
+                continue
+            found = scan.gi_frame.f_locals  # a loop still open (its iterator kept alive)
+            cursor, key = found.get("cursor"), found.get("prev", _NONE)
+            if isinstance(cursor, ScanCursor) and key is not _NONE:
+                left = (cursor.name, key, cursor.after)
+                break
+        if left is None or left[1] is _NONE:
+            return None
+        name, key, committed = left
+        return f"scan {name!r} at key {show_key(key)}; last committed key: " + (
+            "none yet" if committed is None else show_key(committed)
+        )
+
     def release(self) -> None:
         """Close open scans and drop every rocksdict object held, so the db can be closed."""
         self._close_scans()
@@ -549,8 +588,16 @@ def _problems_in(result: Any) -> list[str]:
     if result is False:
         return ["validate() returned False"]
     if isinstance(result, list | tuple):
-        return [str(p) for p in result]
+        return [_problem(p) for p in result]
     return []
+
+
+def _problem(item: Any) -> str:
+    """A problem as shown: text as it is; a key (bytes) printable and shortened, so a
+    check can return the keys it found wrong."""
+    if isinstance(item, bytes | bytearray):
+        return f"key {show_key(bytes(item))}"
+    return str(item)
 
 
 def _pickle_bounds(start: Any, end: Any) -> tuple[Any, Any]:

@@ -8,13 +8,15 @@ nothing; until it reports, progress shows counts and rates without a total.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rocksdict
 
 from pebble_migrate.cursor import decode_key, encode_key
+
+if TYPE_CHECKING:
+    import subprocess
 
 INLINE_LIMIT = 50_000
 
@@ -48,6 +50,8 @@ class KeyCount:
         estimate = view.property_int_value("rocksdb.estimate-num-keys") or 0
         if estimate <= INLINE_LIMIT:
             return cls(count_keys(view, start, end))
+        import subprocess  # only for a large count: `status` imports this module too
+
         bounds = json.dumps([encode_key(start), encode_key(end)])
         try:
             child = subprocess.Popen(

@@ -53,14 +53,16 @@ class RunRecord:
         return {name: c.after for name, c in self.scans.items()}
 
     def describe(self) -> str:
-        """Return where the run stands, as `after b'user:42' (42 of ~100)`."""
+        """Return where the run stands, as `after b'user:42' (42 of ~100)` (prefixed with
+        `scan 'index' ` when the open scan has a name of its own)."""
         open_scans = [c for c in self.scans.values() if not c.done and c.after is not None]
         if not open_scans:
             done = [c for c in self.scans.values() if c.done]
             return f"after {len(done)} finished scan(s)" if done else "from its start"
         c = open_scans[-1]
         total = f" of ~{c.total}" if c.total is not None else ""
-        return f"after {show_key(c.after)} ({c.count}{total})"
+        scan = f"scan {c.name!r} " if c.name != "default" else ""  # named when it matters
+        return f"{scan}after {show_key(c.after)} ({c.count}{total})"
 
 
 def record_key(migration_id: str, action: str) -> bytes:
@@ -109,13 +111,18 @@ def decode_key(data: Any) -> Any:
     raise TypeError(f"unknown key encoding {data!r:.60}")
 
 
-def show_key(key: Any) -> str:
-    """Return a key as an operator reads it: b'user:42', or hex when not printable."""
+def show_key(key: Any, limit: int = 80) -> str:
+    """Return a key as an operator reads it: b'user:42', or hex when not printable; a key
+    longer than `limit` characters shown is cut, saying how long it is."""
     if isinstance(key, bytes):
-        if all(32 <= b < 127 for b in key):
-            return repr(key)
-        return "0x" + key.hex()
-    return repr(key)
+        shown = repr(key) if all(32 <= b < 127 for b in key) else "0x" + key.hex()
+        size = f"{len(key)} bytes"
+    else:
+        shown = repr(key)
+        size = f"{len(shown)} characters"
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({size})"
 
 
 def encode_record(record: RunRecord) -> dict[str, Any]:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import ParamSpec, TypeVar
 
-from pebble_migrate.units import format_bytes
+# `import pebble_migrate` imports this module eagerly, so what it imports at module level is
+# paid by every application start: typing, re, traceback and datetime (through units) are
+# imported only where they are used. `TYPE_CHECKING = False` is the idiom type checkers
+# treat as true without importing typing at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from typing import ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 # Exit codes the CLI uses; documented in docs/cli.md. Health checks rely on them.
 EXIT_ERROR = 1
@@ -38,6 +45,22 @@ class MigrateError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+DEFAULT_CLI = "pebble-migrate"
+
+
+def name_the_cli(exc: MigrateError, cli: str) -> MigrateError:
+    """Make the commands an error's message and hint suggest use `cli` (the name the
+    application runs pebble-migrate by, e.g. `myapp db`) instead of `pebble-migrate`."""
+    if cli != DEFAULT_CLI:
+        import re
+
+        for attribute in ("message", "hint"):
+            text = getattr(exc, attribute)
+            if text:
+                setattr(exc, attribute, re.sub(rf"`{DEFAULT_CLI}(?=[ `])", f"`{cli}", text))
+    return exc
 
 
 # --- configuration and invocation -------------------------------------------------
@@ -128,6 +151,8 @@ class DiskFullError(StorageError):
         *,
         hint: str | None = None,
     ) -> None:
+        from pebble_migrate.units import format_bytes
+
         self.free = free
         self.needed = needed
         numbers = []
@@ -176,10 +201,6 @@ def filesystem_errors(operation: str) -> Iterator[None]:
         raise FilesystemError(operation, exc) from exc
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
 def reports_filesystem_errors(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a public verb so that a failing file operation inside it is a
     FilesystemError naming the verb, never a bare OSError."""
@@ -199,6 +220,8 @@ class InsufficientSpace(MigrateError):
     """Raised before any write when free space is below what the job needs."""
 
     def __init__(self, path: str, free: int, needed: int, what: str) -> None:
+        from pebble_migrate.units import format_bytes
+
         self.free = free
         self.needed = needed
         super().__init__(
@@ -277,7 +300,8 @@ class InvalidMigrationId(RegistryError):
         super().__init__(
             f"invalid migration id {migration_id!r}{where}: {reason}.",
             hint="Ids look like 1700000000_add_indexes: a Unix timestamp between "
-            "946684800 and 4102444800, an underscore, then letters, digits and underscores. "
+            "946684800 and 4102444800, an underscore, then letters, digits, underscores and "
+            "hyphens. "
             "`pebble-migrate create NAME` writes one for you.",
         )
 
@@ -417,16 +441,16 @@ class ValidationFailed(MigrateError):
         migration_id: str | None = None,
         cli: str = "pebble-migrate",
         way_out: str = "",
+        verbose: bool = False,
     ) -> None:
         self.problems = tuple(problems)
         self.migration_id = migration_id
         listing = f"{len(self.problems)} problem(s): " + "; ".join(self.problems)
         if migration_id is None:
+            listed = "" if verbose else f" `{cli} validate --verbose` lists every check."
             super().__init__(
                 f"validation found {listing}",
-                hint=way_out
-                or f"See `{cli} validate --verbose`; to undo the last migration, "
-                f"run `{cli} down VERSION`.",
+                hint=(way_out + listed).strip() or "validate changed nothing.",
             )
             return
         super().__init__(
@@ -456,6 +480,8 @@ def release_frames(exc: BaseException) -> None:
     """Clear the local variables of the finished frames an exception carries (and of its
     cause and context): a stored exception must not keep a rocksdict handle, iterator or
     snapshot alive, or the application could not close and reopen its database."""
+    import traceback
+
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:

@@ -305,9 +305,10 @@ class Executor:
             raise
         except BaseException as exc:  # noqa: BLE001 - a migration may raise anything
             details = traceback.format_exc()
+            where = ctx.position()  # before the scans are closed
             release_frames(exc)  # the migration's frames may hold iterators of the db
             ctx.release()  # close its scans before recording the failure
-            raise self._failed(step, clock, _as_failure(exc), details) from None
+            raise self._failed(step, clock, _as_failure(exc), details, where) from None
 
     def _history(
         self,
@@ -441,8 +442,12 @@ class Executor:
             last_error=None,
         )
 
-    def _failed(self, step: Step, clock: _Clock, exc: Exception, details: str) -> MigrateError:
+    def _failed(
+        self, step: Step, clock: _Clock, exc: Exception, details: str, where: str | None = None
+    ) -> MigrateError:
         error = exc.message if isinstance(exc, MigrateError) else f"{type(exc).__name__}: {exc}"
+        if where:
+            error = f"{error.rstrip('.')} ({where})"
         record = self._history(step, clock, success=False, error=error)
         dirty = self.state.evolve(status=Status.DIRTY, last_error=error)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,11 +11,12 @@ from pathlib import Path
 from pebble_migrate import plan as planner
 from pebble_migrate import transitions
 from pebble_migrate.commands import Aborted, Confirm, always, opened
-from pebble_migrate.errors import UsageError, reports_filesystem_errors
+from pebble_migrate.errors import NotCleanError, UsageError, reports_filesystem_errors
 from pebble_migrate.executor import run_records
 from pebble_migrate.faults import kill_point
-from pebble_migrate.migration import is_valid_name
-from pebble_migrate.state import HistoryRecord, State, Status
+from pebble_migrate.migration import is_valid_name, parse_id
+from pebble_migrate.registry import Registry
+from pebble_migrate.state import HistoryRecord, State, Status, new_state
 from pebble_migrate.units import utc_now
 
 
@@ -69,6 +71,107 @@ def force_clean(
         )
         kill_point("force-clean-before-write")
         return ForceCleanResult(before, states.write_state(after, record), left)
+
+
+@dataclass(frozen=True)
+class StampResult:
+    """What `stamp` recorded: the migrations it marked applied and the ones it marked not
+    applied (neither ran), and the version before and after."""
+
+    version: int
+    added: list[str]
+    removed: list[str]
+    before: int
+    after: int
+    initialized: bool
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.initialized)
+
+
+@reports_filesystem_errors("stamp")
+def stamp(
+    db_path: str | Path,
+    registry: Registry,
+    target: str,
+    *,
+    confirm: Confirm = always,
+    dry_run: bool = False,
+    cli: str = "pebble-migrate",
+) -> StampResult:
+    """Record every known migration up to `target` as applied, and the ones above it as not
+    applied, without running any of them (a baseline for a database made by other means).
+
+    `target` is a version, an id, or 0 (nothing applied). The database must be clean with
+    nothing left halfway. One history record of kind `stamp` per migration whose record
+    changes, all in one write with the new state.
+    """
+    migrations = registry.ordered()
+    version = planner.resolve_version(migrations, target, allow_zero=True)
+    known = {m.id for m in migrations}
+    with opened(db_path, read_only=dry_run) as session:
+        states = session.states
+        before = states.read()
+        halfway = run_records(states)
+        if before.status is not Status.CLEAN or before.in_progress is not None or halfway:
+            what = before.status.value if before.status is not Status.CLEAN else "clean"
+            left = sorted({mid for mid, _ in halfway})
+            raise NotCleanError(
+                f"cannot stamp {db_path}: its status is {what}"
+                + (f", with {', '.join(left)} left halfway" if left else "")
+                + "; stamp only records versions on a clean database.",
+                hint=f"Nothing was changed. Finish or undo the interrupted run first "
+                f"(`{cli} status` says how), then stamp.",
+            )
+        chosen = {m.id for m in migrations if m.version <= version}
+        # Applied ids with no file here are records only: kept at or below the version.
+        kept = {mid for mid in before.applied if mid not in known and parse_id(mid) <= version}
+        applied = chosen | kept
+        added = sorted(applied - before.applied, key=parse_id)
+        removed = sorted(before.applied - applied, key=parse_id)
+        result = StampResult(
+            version,
+            added,
+            removed,
+            before.current_version,
+            planner.version_of(applied),
+            not before.initialized,
+        )
+        if not result.changed or dry_run:
+            return result
+        question = f"Record {len(added)} migration(s) as applied without running them"
+        if removed:
+            question += f" and {len(removed)} as not applied without rolling them back"
+        if not confirm(question + f" (version {before.current_version} -> {result.after})?"):
+            raise Aborted()
+        now = utc_now()
+        base = before if before.initialized else new_state()
+        records = [
+            HistoryRecord(0, mid, f"stamped at version {version}", "stamp", now, 0.0, True,
+                          note="recorded as applied; up() did not run")
+            for mid in added
+        ] + [
+            HistoryRecord(0, mid, f"stamped at version {version}", "stamp", now, 0.0, True,
+                          note="recorded as not applied; down() did not run")
+            for mid in removed
+        ]  # fmt: skip
+        if not records:
+            records.append(
+                HistoryRecord(0, "-", f"stamped at version {version}", "stamp", now, 0.0, True,
+                              note="migration state initialized")
+            )  # fmt: skip
+        applied_at = {mid: t for mid, t in base.applied_at.items() if mid in applied}
+        applied_at.update(dict.fromkeys(added, now))
+        after = base.evolve(
+            applied=frozenset(applied),
+            applied_at=applied_at,
+            current_version=result.after,
+            last_migration=records[-1].id if records[-1].id != "-" else base.last_migration,
+            last_migration_at=now,
+        )
+        states.write_state(after, *records)
+        return result
 
 
 @dataclass
@@ -143,7 +246,7 @@ def create(
     """
     if not is_valid_name(name):
         raise UsageError(
-            f"invalid migration name {name!r}: use letters, digits and underscores.",
+            f"invalid migration name {name!r}: use letters, digits, underscores and hyphens.",
             hint="For example: pebble-migrate create add_email_index",
         )
     root = Path(directory)
@@ -155,14 +258,28 @@ def create(
     if dry_run:
         return path
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(_TEMPLATE.format(title=name.replace("_", " ").capitalize()))
+    path.write_text(_TEMPLATE.format(title=title(name)))
     return path
+
+
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
+
+
+def title(name: str) -> str:
+    """Return the sentence a migration's docstring starts with, from its name:
+    `AddUsers`, `add_users` and `add-users` all give "Add users"; acronyms stay
+    (`AddHTTPCache` gives "Add HTTP cache")."""
+    words = [w if len(w) > 1 and w.isupper() else w.lower() for w in _WORD.findall(name)]
+    if not words:
+        return name
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 _TEMPLATE = '''"""{title}."""
 
-# Set to True only if up() is safe to run again from the start after an interruption.
-# A migration that writes only through ctx.scan/ctx.put/ctx.delete resumes by itself.
+# Set to True only if up() is safe to run again after an interruption even though it
+# writes through ctx.db (those direct writes run again). A migration that writes only
+# through ctx (ctx.scan, ctx.put, ctx.delete) resumes by itself and does not need it.
 rerunnable = False
 dependencies: list[str] = []
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 MIN_VERSION = 946684800  # 2000-01-01T00:00:00Z
 MAX_VERSION = 4102444800  # 2100-01-01T00:00:00Z
 
-_ID = re.compile(r"^([0-9]+)_([A-Za-z0-9_]+)$")
-_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_ID = re.compile(r"^([0-9]+)_([A-Za-z0-9_-]+)$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 MigrationFn = Callable[["MigrationContext"], Any]
 
@@ -30,7 +30,7 @@ def parse_id(migration_id: str, source: str | None = None) -> int:
     if match is None:
         raise InvalidMigrationId(
             migration_id,
-            "expected <unix_timestamp>_<description> (letters, digits, underscores)",
+            "expected <unix_timestamp>_<description> (letters, digits, underscores, hyphens)",
             source,
         )
     digits = match.group(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,10 @@ database carries them, and no two databases can ever share them."""
 
 NAME_MAX = 255
 """The longest file name the filesystems we run on accept (ext4, xfs, btrfs, tmpfs)."""
+
+RESTORE_ROOM = 40
+"""What the names a restore gives its files beside the database add to the database's
+name: the longest is `..<stem>.restore-journal.json.<pid>.tmp`."""
 
 
 def resolve_database(path: str | Path) -> Path:
@@ -47,6 +50,8 @@ def stem(db_path: Path, room: int) -> str:
     name = db_path.name
     if len(os.fsencode(name)) + room <= NAME_MAX:
         return name
+    import hashlib
+
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
     cut = os.fsencode(name)[: max(NAME_MAX - room - 9, 1)].decode(errors="ignore")
     return f"{cut}~{digest}"
@@ -62,3 +67,16 @@ def sibling(db_path: Path, suffix: str, *, prefix: str = "", room: int = 0) -> P
 def default_backup_dir(db_path: Path) -> Path:
     """Return `<db>.backups`, beside the (resolved) database directory."""
     return sibling(db_path, ".backups")
+
+
+def restore_leftovers(db_path: Path) -> bool:
+    """Whether anything a restore into the (resolved) database may leave beside it is
+    there: its journal, its staging copy, the journal's temporary files, all named
+    `.<stem>.restore...` or `..<stem>.restore...` (see `restore`). Only then does a command
+    need `restore.recover` (and the backup code it imports). True when the directory cannot
+    be read, so that `recover` decides as it always did."""
+    marks = (f".{stem(db_path, RESTORE_ROOM)}.restore", f"..{stem(db_path, RESTORE_ROOM)}.restore")
+    try:
+        return any(name.startswith(marks) for name in os.listdir(db_path.parent))
+    except OSError:
+        return True

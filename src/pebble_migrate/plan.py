@@ -192,6 +192,62 @@ def _up_to(todo: list[Migration], target: int) -> list[Migration]:
     return [m for m in todo if m.id in chosen]
 
 
+def out_of_order(migrations: Sequence[Migration], applied: Collection[str]) -> list[Migration]:
+    """Return the pending migrations whose version is below the current version: applying
+    them runs them after migrations that came later (a branch merged late, say)."""
+    current = version_of(applied)
+    return [m for m in pending(migrations, applied) if m.version < current]
+
+
+def check_order(
+    plan: Plan,
+    migrations: Sequence[Migration],
+    applied: Collection[str],
+    *,
+    allowed: bool,
+    halfway: str | None = None,
+    cli: str = "pebble-migrate",
+    allow_with: str | None = None,
+) -> list[str]:
+    """Return the ids of `plan` that run out of order; raise PlanError unless `allowed`.
+
+    `halfway` names a migration left halfway: it was let through when it started, so it
+    finishes without being asked again.
+    """
+    late = [m.id for m in out_of_order(migrations, applied) if m.id in plan.ids]
+    if not allowed and [mid for mid in late if mid != halfway]:
+        current = version_of(applied)
+        raise PlanError(
+            f"{len(late)} pending migration(s) have a version below the current version "
+            f"{current}: {', '.join(late)}. Applying them now would run them after "
+            "migrations that came later.",
+            hint="Nothing was changed. If they do not depend on what the later migrations "
+            f"changed, allow it: {allow_with or f'`{cli} up --allow-out-of-order`'}; "
+            "otherwise give each a new "
+            f"version (`{cli} create NAME`, then move the code over).",
+        )
+    return late
+
+
+def steps_back(applied: Collection[str], steps: int, cli: str = "pebble-migrate") -> int:
+    """Return the version `down` stops at to roll back the `steps` applied migrations with
+    the highest versions (the ones `down VERSION` would take first)."""
+    newest = sorted(applied, key=parse_id, reverse=True)
+    if steps < 1:
+        raise PlanError(
+            f"--steps must be 1 or more, not {steps}.",
+            hint=f"`{cli} down --steps 1` rolls back the newest applied migration.",
+        )
+    if steps > len(newest):
+        raise PlanError(
+            f"cannot roll back {steps} migration(s): only {len(newest)} applied.",
+            hint=f"Nothing was changed. `{cli} down 0` rolls back every applied migration."
+            if newest
+            else "Nothing was changed, and there is nothing to roll back.",
+        )
+    return parse_id(newest[steps]) if steps < len(newest) else 0
+
+
 def plan_down(
     migrations: Sequence[Migration],
     applied: Collection[str],

@@ -48,7 +48,7 @@ from pebble_migrate.errors import (
     reports_filesystem_errors,
 )
 from pebble_migrate.faults import kill_point
-from pebble_migrate.paths import resolve_database, stem
+from pebble_migrate.paths import RESTORE_ROOM, resolve_database, stem
 from pebble_migrate.state import State, StateStore
 from pebble_migrate.units import utc_now
 
@@ -304,7 +304,7 @@ def _check_space(info: BackupInfo, dest: Path) -> None:
         raise InsufficientSpace(str(dest.parent), free, needed, f"restoring backup {info.id}")
 
 
-_ROOM = 40  # the longest name derived below: `..<stem>.restore-journal.json.<pid>.tmp`
+_ROOM = RESTORE_ROOM  # the longest name derived below: `..<stem>.restore-journal.json.<pid>.tmp`
 
 
 def _stem(dest: Path) -> str:

@@ -20,6 +20,7 @@ from pebble_migrate.errors import (
     NotCleanError,
     PendingMigrations,
     UsageError,
+    name_the_cli,
     release_frames,
     reports_filesystem_errors,
 )
@@ -52,6 +53,9 @@ class StartupOptions:
     handle_signals: bool = True
     validate_after_apply: bool = True
     backup_mode: str = "link"
+    allow_out_of_order: bool = False
+    """Apply pending migrations whose version is below the current version (refused
+    otherwise, naming them)."""
 
 
 def default_startup_options() -> StartupOptions:
@@ -92,6 +96,7 @@ def check_and_run_startup_migrations(
 
         chosen = opts or default_startup_options()
         explain_damage(exc, db_path, chosen.backup_dir, chosen.cli_name)
+        name_the_cli(exc, chosen.cli_name)
         raise
     except BaseException as exc:
         release_frames(exc)
@@ -141,6 +146,16 @@ def _check_and_run(
             return None
         if not opts.run_migrations:
             raise PendingMigrations(plan.ids, opts.cli_name)
+        planner.check_order(
+            plan,
+            migrations,
+            state.applied,
+            allowed=opts.allow_out_of_order,
+            halfway=transitions.to_continue(reading),
+            cli=opts.cli_name,
+            allow_with="set `allow_out_of_order=True` in the StartupOptions "
+            f"(or run `{opts.cli_name} up --allow-out-of-order`)",
+        )
         if opts.check_disk_space:
             check_space(path, opts.database_size_multiplier)
         state = initialize(states, migrations, reporter)

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pebble_migrate.cursor import RunRecord
 from pebble_migrate.errors import EXIT_NOT_CLEAN, EXIT_PENDING, NotCleanError
-from pebble_migrate.migration import Migration
+from pebble_migrate.migration import Migration, parse_id
 from pebble_migrate.state import State, Status
 
 
@@ -150,6 +150,9 @@ class Reading:
     migration_id: str | None = None
     record: RunRecord | None = None
     error: str | None = None
+    rollback_to: int | None = None
+    """For a rollback left halfway: the VERSION of the `down VERSION` that finishes it (the
+    highest applied version below the migration, so nothing else is rolled back)."""
 
     def check_code(self, pending: bool) -> int:
         """Return the exit code of `status --check`."""
@@ -173,33 +176,38 @@ def read(
     """Return the situation of a database from its state, run records and known code."""
     progress = state.in_progress
     if state.status is Status.CLEAN or progress is None:
-        return _clean_reading(records)
+        return _clean_reading(state, records)
     mid = progress.id
     rollback = progress.kind == "rollback"
     record = records.get((mid, "rollback" if rollback else "apply"))
     migration = migrations.get(mid)
+    below = _below(state, mid) if rollback else None
     if state.status is Status.DIRTY:
         kind = Situation.DIRTY_ROLLBACK if rollback else Situation.DIRTY
-        return Reading(kind, mid, record, state.last_error)
+        return Reading(kind, mid, record, state.last_error, below)
     if state.status is Status.ROLLBACK or rollback:
         moving = migration is not None and progress.resumable
         kind = Situation.ROLLING_BACK if moving else Situation.ROLLING_BACK_STUCK
-        return Reading(kind, mid, record)
+        return Reading(kind, mid, record, rollback_to=below)
     moving = migration is not None and (progress.resumable or migration.rerunnable)
     return Reading(Situation.MIGRATING if moving else Situation.MIGRATING_STUCK, mid, record)
 
 
-def _clean_reading(records: Mapping[tuple[str, str], RunRecord]) -> Reading:
+def _clean_reading(state: State, records: Mapping[tuple[str, str], RunRecord]) -> Reading:
     # A rollback left halfway outranks an apply left halfway: until it is finished the
     # data is neither before nor after that migration.
-    for action, kind in (
-        ("rollback", Situation.HALF_ROLLED_BACK),
-        ("apply", Situation.PARTLY_APPLIED),
-    ):
-        for (mid, act), record in sorted(records.items()):
-            if act == action:
-                return Reading(kind, mid, record)
+    for (mid, act), record in sorted(records.items()):
+        if act == "rollback":
+            return Reading(Situation.HALF_ROLLED_BACK, mid, record, rollback_to=_below(state, mid))
+    for (mid, act), record in sorted(records.items()):
+        if act == "apply":
+            return Reading(Situation.PARTLY_APPLIED, mid, record)
     return Reading(Situation.CLEAN)
+
+
+def _below(state: State, migration_id: str) -> int:
+    version = parse_id(migration_id)
+    return max((v for v in map(parse_id, state.applied) if v < version), default=0)
 
 
 def decide(reading: Reading, command: str, cli: str, *, target_id: str | None = None) -> Rule:
@@ -250,9 +258,9 @@ def _way_out(reading: Reading, cli: str) -> str:
     s, mid = reading.situation, reading.migration_id
     if s in (Situation.HALF_ROLLED_BACK, Situation.ROLLING_BACK, Situation.DIRTY_ROLLBACK):
         return (
-            f"Nothing was changed. Finish the rollback with `{cli} down VERSION` (a version "
-            f"below {mid}; see `{cli} status`), or restore the backup taken before it "
-            f"(`{cli} backup list`)."
+            f"Nothing was changed. Finish the rollback with `{cli} down {reading.rollback_to}` "
+            f"(it rolls back {mid} and nothing below it), or restore the backup taken before "
+            f"it (`{cli} backup list`)."
         )
     if s in (Situation.MIGRATING, Situation.PARTLY_APPLIED):
         return f"Nothing was changed. Run `{cli} up` to continue {mid} first."

@@ -11,7 +11,6 @@ random token the scan's cursor also records.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 from pathlib import Path
@@ -44,6 +43,8 @@ def marker_key(migration_id: str, action: str, scan: str) -> bytes:
 
 def new_token() -> str:
     """Return a fresh random token naming one view."""
+    import secrets  # here, not at the top: `status` imports this module and needs none
+
     return secrets.token_hex(16)
 
 

@@ -768,5 +768,5 @@ def test_restore_without_a_terminal_or_force_refuses(
         "Error: there is no terminal to ask on, and this needs confirmation: Replace the "
         f"database at {db} (version 0, clean) with backup {good.id} (version 0, clean)?"
     )
-    assert "Re-run with --force to confirm." in result.stderr
+    assert "Re-run with --yes to confirm." in result.stderr
     unchanged.check()

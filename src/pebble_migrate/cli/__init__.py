@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from typing import Any
 
 import click
 
+# Only what `--help` needs is imported here: the commands import the library, the renderer
+# (rich) and RocksDB inside their functions, so that `--help` starts fast and each command
+# pays only for what it uses.
 from pebble_migrate.cli.options import Settings, global_options, settings
-from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import EXIT_SIGINT, FilesystemError, MigrateError
 
 
@@ -28,12 +29,14 @@ class _Group(click.Group):
                 raised
                 if isinstance(raised, MigrateError)
                 else FilesystemError(
-                    f"pebble-migrate {ctx.invoked_subcommand or ''}".strip(), raised
+                    f"{settings().cli_name} {ctx.invoked_subcommand or ''}".strip(), raised
                 )
             )
+            from pebble_migrate.cli.render import Renderer
+
             s = settings()
             _name_the_backups_that_repair(exc, s)
-            Renderer(json_mode=s.json, verbose=s.verbose).error(exc)
+            Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name).error(exc)
             ctx.exit(exc.exit_code)
 
 
@@ -43,27 +46,43 @@ def _name_the_backups_that_repair(exc: MigrateError, s: Settings) -> None:
 
     # No database named, or a bad setting: the error stands as it is.
     with contextlib.suppress(MigrateError):
-        explain_damage(exc, s.database_path(), s.backups(), "pebble-migrate")
+        explain_damage(exc, s.database_path(), s.backups(), s.cli_name)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("pebble-migrate", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @global_options
 @click.version_option(package_name="pebble-migrate")
 def cli() -> None:
     """Versioned, recoverable data migrations for RocksDB databases.
 
-    Global options (-d, -m, -v, -n, --json, --backup-dir) may come before or after the
-    command name. Exit codes: 0 ok, 1 error, 2 usage, 3 pending (status --check),
+    Global options (-d, -m, -v, --json, --backup-dir) may come before or after the
+    command name; commands that change something also take -n/--dry-run, and those that
+    ask take -y/--yes. Exit codes: 0 ok, 1 error, 2 usage, 3 pending (status --check),
     4 not clean, 5 database in use, 6 migration failed, 7 validation failed,
     130/143 interrupted by SIGINT/SIGTERM.
     """
+    s = settings()
+    s.cli_name = click.get_current_context().command_path
     _configure_logging()
+    s.check()  # every setting, up front, whichever command runs
 
 
 def _configure_logging() -> None:
+    import logging  # not at the top: `--help` needs no logging
+
+    class AboveTheBar(logging.StreamHandler):  # type: ignore[type-arg]
+        """Print through the progress bar's console while one is on screen, so a warning
+        (`SIGINT received: ...`) never lands in the middle of the bar."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            render = sys.modules.get("pebble_migrate.cli.render")
+            if render is not None and render.log_line(self.format(record)):
+                return
+            super().emit(record)
+
     logger = logging.getLogger("pebble_migrate")
     if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = AboveTheBar(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._pebble_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import rocksdict
 
-from pebble_migrate import backup as backups
-from pebble_migrate import catalog, store
-from pebble_migrate import restore as restoring
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
     ENV_DATABASE,
     Settings,
     confirmer,
+    dry_run_option,
     global_options,
     settings,
+    yes_option,
 )
-from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import UsageError
-from pebble_migrate.events import Event
-from pebble_migrate.paths import resolve_database
-from pebble_migrate.plan import Plan
-from pebble_migrate.state import State
 from pebble_migrate.units import format_bytes, parse_age
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    import rocksdict
+
+    from pebble_migrate.cli.render import Renderer
+    from pebble_migrate.plan import Plan
+    from pebble_migrate.state import State
 
 
 @cli.group()
@@ -38,6 +39,7 @@ def backup() -> None:
 
 @backup.command("create")
 @global_options
+@dry_run_option
 @click.argument("description", required=False, default="manual backup")
 @click.option("--compress", is_flag=True, help="Write one portable .tar.gz archive instead.")
 @click.option(
@@ -53,6 +55,10 @@ def create_cmd(description: str, compress: bool, copy: bool) -> None:
     By default the backup hard-links the table files (free to take, but it shares them
     with the live database); --copy makes independent files; --compress one archive.
     """
+    from pebble_migrate import backup as backups
+    from pebble_migrate import store
+    from pebble_migrate.paths import resolve_database
+
     s = settings()
     out = renderer(s)
     mode = "copy" if copy else s.backup_mode()
@@ -94,6 +100,9 @@ def create_cmd(description: str, compress: bool, copy: bool) -> None:
 @global_options
 def list_cmd() -> None:
     """List the backups, oldest first."""
+    from pebble_migrate import backup as backups
+    from pebble_migrate import catalog
+
     s = settings()
     found = catalog.list_backups(s.database_path(), backup_dir=s.backups())
     kept = catalog.kept_databases(s.database_path())
@@ -107,6 +116,11 @@ def list_cmd() -> None:
 @click.argument("source", metavar="PATH_OR_ID")
 def verify_cmd(source: str) -> None:
     """Check that a backup's files match their recorded sizes and checksums."""
+    from pathlib import Path
+
+    from pebble_migrate import backup as backups
+    from pebble_migrate import restore as restoring
+
     s = settings()
     db_path = s.database or os.environ.get(ENV_DATABASE) or s.project.database
     if db_path is None and s.backups() is None and not Path(source).exists():
@@ -122,9 +136,16 @@ def verify_cmd(source: str) -> None:
 
 @backup.command("restore")
 @global_options
+@dry_run_option
 @click.argument("source", metavar="PATH_OR_ID")
 @click.argument("target", required=False)
-@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Go past the safeguard: replace the current database without asking.",
+)
+@yes_option
 @click.option(
     "--other-database", is_flag=True, help="Allow a backup taken of a different database."
 )
@@ -134,9 +155,17 @@ def verify_cmd(source: str) -> None:
     help="Delete the replaced database instead of keeping <db>.pre-restore-<time>.",
 )
 def restore_cmd(
-    source: str, target: str | None, force: bool, other_database: bool, discard_current: bool
+    source: str,
+    target: str | None,
+    force: bool,
+    yes: bool,
+    other_database: bool,
+    discard_current: bool,
 ) -> None:
     """Replace the database with a backup, atomically (TARGET or -d names the database)."""
+    from pebble_migrate import backup as backups
+    from pebble_migrate import restore as restoring
+
     s = settings()
     dest = _target(s, target)
     out = renderer(s)
@@ -157,7 +186,7 @@ def restore_cmd(
         backup_dir=s.backups(),
         other_database=other_database,
         discard_current=discard_current,
-        confirm=confirmer(force, destructive=True, flag="--force"),
+        confirm=confirmer(force or yes, destructive=True, flag="--yes"),
     )
     if out.json:
         out.emit(
@@ -179,6 +208,8 @@ def restore_cmd(
 
 
 def _target(s: Settings, target: str | None) -> str:
+    from pebble_migrate.paths import resolve_database
+
     flag = s.database
     if target and flag and resolve_database(target) != resolve_database(flag):
         raise UsageError(
@@ -190,6 +221,7 @@ def _target(s: Settings, target: str | None) -> str:
 
 @backup.command("cleanup")
 @global_options
+@dry_run_option
 @click.option("--older-than", metavar="AGE", help="Remove backups older than AGE (30d, 24h, 2w).")
 @click.option("--keep", type=click.IntRange(min=1), help="Keep the newest N backups.")
 @click.option(
@@ -202,6 +234,8 @@ def _target(s: Settings, target: str | None) -> str:
 def cleanup_cmd(older_than: str | None, keep: int | None, force: bool) -> None:
     """Remove old backups, and old databases restores kept (<db>.pre-restore-<time>), by
     the same rules (no questions asked: meant for cron). --dry-run lists them."""
+    from pebble_migrate import catalog
+
     s = settings()
     if older_than is None and keep is None:
         raise UsageError("say what to remove: --older-than AGE, --keep N, or both.")
@@ -248,6 +282,10 @@ def take_automatic_backup(
     s: Settings, out: Renderer, db: rocksdict.Rdict, state: State, plan: Plan
 ) -> None:
     """Take the backup that precedes the first write of up/down/rerun; apply retention."""
+    from pebble_migrate import backup as backups
+    from pebble_migrate import catalog
+    from pebble_migrate.events import Event
+
     db_path = s.database_path()
     retention = retention_setting(s)  # a bad setting stops the run before the backup, too
     info = backups.create_backup_of_open(
@@ -281,7 +319,9 @@ def take_automatic_backup(
 
 def _recover(s: Settings, out: Renderer) -> None:
     """Finish or undo a restore into the database that was killed midway."""
-    message = restoring.recover(Path(s.database_path()))
+    from pebble_migrate import restore as restoring
+
+    message = restoring.recover(s.database_path())
     if message is not None:
         out.note(message[0].upper() + message[1:] + ".")
 

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from typing import TYPE_CHECKING
 
 import click
 
-from pebble_migrate import commands, validation
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.options import Settings, global_options, settings
-from pebble_migrate.cli.render import Renderer
 from pebble_migrate.errors import ValidationFailed
-from pebble_migrate.registry import Registry
+
+if TYPE_CHECKING:
+    from pebble_migrate.cli.render import Renderer
+    from pebble_migrate.registry import Registry
 
 
 def renderer(s: Settings) -> Renderer:
     """Return the renderer for the current options."""
-    return Renderer(json_mode=s.json, verbose=s.verbose)
+    from pebble_migrate.cli.render import Renderer
+
+    return Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name)
 
 
 def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:
     """Return the migrations; None only when none were named, the default ./migrations
     is absent, and the command can do without them."""
-    if not required and not s.migrations_configured() and not Path(s.migrations_dir()).is_dir():
+    if not required and not s.migrations_configured() and not os.path.isdir(s.migrations_dir()):
         return None
     return s.registry()
 
@@ -42,6 +46,8 @@ def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:
 )
 def status(check: bool, history_n: int) -> None:
     """Show the version, status, pending migrations and recent history."""
+    from pebble_migrate import commands
+
     s = settings()
     # --check answers "is anything pending?", which needs the migrations.
     registry = _registry_if_present(s, required=check)
@@ -59,6 +65,8 @@ def status(check: bool, history_n: int) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N.")
 def history(limit: int | None) -> None:
     """Show the history of applies, rollbacks, reruns and repairs, oldest first."""
+    from pebble_migrate import commands
+
     s = settings()
     renderer(s).history(commands.history(s.database_path(), limit=limit))
 
@@ -71,10 +79,20 @@ def history(limit: int | None) -> None:
     help="Also read everything back as RocksDB stored it: every table file's blocks "
     "(checksums), the write-ahead log, every state record, the scans' views.",
 )
-def validate(deep: bool) -> None:
-    """Check the migrations, the recorded state, and each applied migration's data."""
+@click.argument("ids", metavar="[ID]...", nargs=-1)
+def validate(deep: bool, ids: tuple[str, ...]) -> None:
+    """Check the migrations, the recorded state, and each applied migration's data.
+
+    Given IDs (ids or versions), run only those migrations' own checks.
+    """
+    from pebble_migrate import validation
+
     s = settings()
-    report = validation.validate(s.database_path(), s.registry(), deep=deep)
+    report = validation.validate(
+        s.database_path(), s.registry(), deep=deep, only=ids, cli=s.cli_name
+    )
     renderer(s).validation(report)
     if report.problems:
-        raise ValidationFailed(report.problems, way_out=report.way_out)
+        raise ValidationFailed(
+            report.problems, way_out=report.way_out, cli=s.cli_name, verbose=s.verbose
+        )

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import click
-import rocksdict
+from typing import TYPE_CHECKING
 
-from pebble_migrate import commands
+import click
+
 from pebble_migrate.cli import cli
 from pebble_migrate.cli.inspect import renderer
 from pebble_migrate.cli.options import (
     F,
     Settings,
     confirmer,
+    dry_run_option,
     global_options,
     settings,
     yes_option,
 )
-from pebble_migrate.cli.render import Renderer
-from pebble_migrate.context import ChunkPolicy
-from pebble_migrate.plan import Plan
-from pebble_migrate.state import State
+
+if TYPE_CHECKING:
+    import rocksdict
+
+    from pebble_migrate import commands
+    from pebble_migrate.cli.render import Renderer
+    from pebble_migrate.context import ChunkPolicy
+    from pebble_migrate.plan import Plan
+    from pebble_migrate.state import State
 
 
 def _run_options(
@@ -32,6 +38,9 @@ def _run_options(
     policy: ChunkPolicy | None = None,
     validate: bool = True,
 ) -> commands.RunOptions:
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     if backup:
         from pebble_migrate.cli.backup import retention_setting
 
@@ -45,6 +54,7 @@ def _run_options(
         validate=validate,
         backup_dir=s.backups(),
         guard_process_exit=True,
+        cli_name=s.cli_name,
     )
 
 
@@ -75,10 +85,21 @@ def _backup_hook(s: Settings, out: Renderer) -> commands.BeforeWrite:
     return hook
 
 
-def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool) -> None:
+def _show(
+    out: Renderer,
+    outcome: commands.Outcome,
+    dry_run: bool,
+    backup: bool,
+    allow_flag: bool = False,
+) -> None:
     out.outcome(outcome, dry_run=dry_run)
     if outcome.later and not out.json:
         out.say(f"Later migrations stay applied: {', '.join(outcome.later)}.")
+    if outcome.out_of_order:
+        verb = "Would apply" if dry_run else "Applied"
+        out.say(f"{verb} out of order (allowed): {', '.join(outcome.out_of_order)}.")
+    elif allow_flag:
+        out.say("--allow-out-of-order: no pending migration is out of order; it changed nothing.")
     steps = outcome.report is None and outcome.plan.steps
     if dry_run and backup and steps and not out.json:
         out.say("A backup would be taken first (--no-backup skips it).")
@@ -86,6 +107,7 @@ def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool)
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("version", required=False)
 @yes_option
 @click.option("--create", is_flag=True, help="Create the database if the path does not exist.")
@@ -100,6 +122,11 @@ def _show(out: Renderer, outcome: commands.Outcome, dry_run: bool, backup: bool)
     is_flag=True,
     help="Do not run each migration's validate() before recording it applied.",
 )
+@click.option(
+    "--allow-out-of-order",
+    is_flag=True,
+    help="Also apply pending migrations whose version is below the current version.",
+)
 @chunk_options
 def up(
     version: str | None,
@@ -108,6 +135,7 @@ def up(
     from_start: bool,
     no_backup: bool,
     no_validate: bool,
+    allow_out_of_order: bool,
     chunk_records: int,
     chunk_bytes: int,
 ) -> None:
@@ -117,6 +145,9 @@ def up(
     runs, so scripts need no --yes. An interrupted migration that can resume continues
     where it stopped.
     """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(
@@ -128,6 +159,7 @@ def up(
         policy=ChunkPolicy(chunk_records, chunk_bytes),
         validate=not no_validate,
     )
+    opts.allow_out_of_order = s.allow_out_of_order(allow_out_of_order)
     outcome = commands.up(
         s.database_path(),
         s.registry(),
@@ -137,17 +169,38 @@ def up(
         from_start=from_start,
         options=opts,
     )
-    _show(out, outcome, s.dry_run, not no_backup)
+    _show(out, outcome, s.dry_run, not no_backup, allow_out_of_order)
 
 
 @cli.command()
 @global_options
-@click.argument("version")
+@dry_run_option
+@click.argument("version", required=False)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Roll back the N applied migrations with the highest versions (instead of VERSION).",
+)
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
 @chunk_options
-def down(version: str, yes: bool, no_backup: bool, chunk_records: int, chunk_bytes: int) -> None:
-    """Roll back every applied migration above VERSION (which stays applied); 0 = all."""
+def down(
+    version: str | None,
+    steps: int | None,
+    yes: bool,
+    no_backup: bool,
+    chunk_records: int,
+    chunk_bytes: int,
+) -> None:
+    """Roll back every applied migration above VERSION (which stays applied); 0 = all.
+
+    `down --steps N` rolls back the N newest instead. One of the two is required: a bare
+    `down` is refused rather than guessing how far to go.
+    """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(
@@ -159,13 +212,14 @@ def down(version: str, yes: bool, no_backup: bool, chunk_records: int, chunk_byt
         policy=ChunkPolicy(chunk_records, chunk_bytes),
     )
     outcome = commands.down(
-        s.database_path(), s.registry(), version, dry_run=s.dry_run, options=opts
+        s.database_path(), s.registry(), version, steps=steps, dry_run=s.dry_run, options=opts
     )
     _show(out, outcome, s.dry_run, not no_backup)
 
 
 @cli.command()
 @global_options
+@dry_run_option
 @click.argument("migration_id", metavar="ID")
 @yes_option
 @click.option("--no-backup", is_flag=True, help="Do not take the automatic backup first.")
@@ -192,6 +246,9 @@ def rerun(
     Refused while later migrations are applied, unless --allow-later: they may have read
     or changed what ID wrote, and the rerun would rebuild it from the data as they left it.
     """
+    from pebble_migrate import commands
+    from pebble_migrate.context import ChunkPolicy
+
     s = settings()
     out = renderer(s)
     opts = _run_options(

@@ -6,14 +6,15 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pebble_migrate.config import BACKUP_MODES, ProjectConfig, load_project_config
 from pebble_migrate.errors import ConfirmationRequired, UsageError
-from pebble_migrate.registry import Registry, load_migrations
+
+if TYPE_CHECKING:
+    from pebble_migrate.config import ProjectConfig
+    from pebble_migrate.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,6 +22,9 @@ ENV_DATABASE = "PEBBLE_MIGRATE_DATABASE"
 ENV_MIGRATIONS = "PEBBLE_MIGRATE_MIGRATIONS"
 ENV_BACKUP_DIR = "PEBBLE_MIGRATE_BACKUP_DIR"
 ENV_BACKUP_MODE = "PEBBLE_MIGRATE_BACKUP_MODE"
+ENV_ALLOW_OUT_OF_ORDER = "PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 @dataclass
@@ -33,12 +37,17 @@ class Settings:
     verbose: bool = False
     dry_run: bool = False
     json: bool = False
+    cli_name: str = "pebble-migrate"
+    """How the operator runs this CLI (the command path of its group: `pebble-migrate`, or
+    `myapp db` when an application mounts the group); every hint names commands by it."""
     _project: ProjectConfig | None = field(default=None, repr=False)
 
     @property
     def project(self) -> ProjectConfig:
         """The `[tool.pebble-migrate]` settings (read once)."""
         if self._project is None:
+            from pebble_migrate.config import load_project_config
+
             self._project = load_project_config()
         return self._project
 
@@ -84,21 +93,52 @@ class Settings:
 
     def registry(self) -> Registry:
         """Load and check the migrations."""
+        from pathlib import Path
+
+        from pebble_migrate.registry import load_migrations
+
         registry = load_migrations(Path(self.migrations_dir()))
         registry.check()
         return registry
 
+    def check(self) -> None:
+        """Validate every setting that does not come from a flag, up front, whatever the
+        command: the environment variables and the whole `[tool.pebble-migrate]` table.
+        Each message names its source (the variable, or the file and key)."""
+        _ = self.project  # reads the nearest pyproject.toml and checks the whole table
+        self.backup_mode()
+        self.allow_out_of_order(False)
+
     def backup_mode(self) -> str:
         """Return how automatic backups are made: "link" (the default) or "copy"."""
+        from pebble_migrate.config import BACKUP_MODES
+
         mode = os.environ.get(ENV_BACKUP_MODE)
         if mode is not None:
             if mode not in BACKUP_MODES:
                 raise UsageError(
-                    f'{ENV_BACKUP_MODE} must be "link" or "copy", not {mode!r:.40}.',
-                    hint=f"Set {ENV_BACKUP_MODE}=copy for independent copies, or unset it.",
+                    f'${ENV_BACKUP_MODE} must be "link" or "copy", not {mode!r:.40}.',
+                    hint=f"Nothing was changed. Set {ENV_BACKUP_MODE}=copy for independent "
+                    "copies, or unset it.",
                 )
             return mode
         return self.project.backup_mode or "link"
+
+    def allow_out_of_order(self, flag: bool) -> bool:
+        """Whether `up` may apply migrations below the current version: the flag, else
+        $PEBBLE_MIGRATE_ALLOW_OUT_OF_ORDER, else `allow-out-of-order` in pyproject.toml."""
+        if flag:
+            return True
+        text = os.environ.get(ENV_ALLOW_OUT_OF_ORDER)
+        if text is not None:
+            if text.strip().lower() not in _TRUE + _FALSE:
+                raise UsageError(
+                    f"${ENV_ALLOW_OUT_OF_ORDER} must be 1 or 0 (true/false, yes/no), "
+                    f"not {text!r:.40}.",
+                    hint=f"Nothing was changed. Correct ${ENV_ALLOW_OUT_OF_ORDER}, or unset it.",
+                )
+            return text.strip().lower() in _TRUE
+        return bool(self.project.allow_out_of_order)
 
     def backups(self) -> str | None:
         """Return the configured backup directory, or None for the default beside the db."""
@@ -120,7 +160,7 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
 
 
 def global_options(fn: F) -> F:
-    """Add -d, -m, -v, -n and --json to a group or command."""
+    """Add -d, -m, --backup-dir, -v and --json to a group or command."""
     decorators = [
         click.option(
             "-d",
@@ -155,15 +195,6 @@ def global_options(fn: F) -> F:
             help="More detail; tracebacks on errors.",
         ),
         click.option(
-            "-n",
-            "--dry-run",
-            is_flag=True,
-            default=False,
-            expose_value=False,
-            callback=_store("dry_run"),
-            help="Show what would happen; change nothing.",
-        ),
-        click.option(
             "--json",
             "json_",
             is_flag=True,
@@ -176,6 +207,19 @@ def global_options(fn: F) -> F:
     for decorate in reversed(decorators):
         fn = decorate(fn)
     return fn
+
+
+def dry_run_option(fn: F) -> F:
+    """Add -n/--dry-run to a command that changes something (and only to those)."""
+    return click.option(
+        "-n",
+        "--dry-run",
+        is_flag=True,
+        default=False,
+        expose_value=False,
+        callback=_store("dry_run"),
+        help="Show what would happen; change nothing.",
+    )(fn)
 
 
 def yes_option(fn: F) -> F:

@@ -14,29 +14,15 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
-from pebble_migrate.backup import BackupInfo
-from pebble_migrate.catalog import KeptDatabase
-from pebble_migrate.commands import Outcome, StatusReport
-from pebble_migrate.errors import MigrateError, MigrationFailed
-from pebble_migrate.events import Event
-from pebble_migrate.maintenance import ForceCleanResult, RepairReport
-from pebble_migrate.plan import Plan
-from pebble_migrate.state import HistoryRecord, State, Status
-from pebble_migrate.transitions import TABLE, Reading, Situation
+from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
+from pebble_migrate.transitions import TABLE, Situation
 from pebble_migrate.units import (
     format_age,
     format_bytes,
@@ -45,7 +31,22 @@ from pebble_migrate.units import (
     utc_now,
     version_time,
 )
-from pebble_migrate.validation import ValidationReport
+
+# What the renderer shows is only named in annotations: importing it here would make
+# every command (`status` above all) pay for the modules of every other one. Progress
+# bars are imported by the first one shown.
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from pebble_migrate.backup import BackupInfo
+    from pebble_migrate.catalog import KeptDatabase
+    from pebble_migrate.commands import Outcome, StatusReport
+    from pebble_migrate.events import Event
+    from pebble_migrate.maintenance import ForceCleanResult, RepairReport, StampResult
+    from pebble_migrate.plan import Plan
+    from pebble_migrate.state import HistoryRecord, State, Status
+    from pebble_migrate.transitions import Reading
+    from pebble_migrate.validation import ValidationReport
 
 LOG_EVERY_S = 5.0
 
@@ -71,15 +72,19 @@ def _plain(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value r
 class Renderer:
     """Turns library results and events into terminal output or JSON on stdout."""
 
-    def __init__(self, *, json_mode: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self, *, json_mode: bool = False, verbose: bool = False, cli_name: str = "pebble-migrate"
+    ) -> None:
         self.json = json_mode
         self.verbose = verbose
+        self.cli_name = cli_name
         self._stdout = Outlet(sys.stdout)
         self.out = _console(self._stdout)
         self.err = _console(Outlet(sys.stderr))
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._last_log: dict[str, float] = {}
+        self._unshown: dict[str, str] = {}
         self._started: dict[str, tuple[float, int]] = {}
 
     # --- plumbing --------------------------------------------------------------
@@ -100,6 +105,7 @@ class Renderer:
     def error(self, exc: MigrateError) -> None:
         """Print `Error: ...` (and a JSON error object in JSON mode)."""
         self.stop_progress()
+        name_the_cli(exc, self.cli_name)
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(details or "".join(traceback.format_exception(exc)))
@@ -135,6 +141,9 @@ class Renderer:
         if event.kind == "progress":
             self._show_progress(event)
             return
+        self._flush_progress(event.migration_id or "")
+        if event.kind in ("interrupted", "step_failed"):
+            self.stop_progress()  # the bar goes before the message, not through it
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
@@ -150,9 +159,20 @@ class Renderer:
             now = time.monotonic()
             if now - self._last_log.get(key, 0.0) >= LOG_EVERY_S:
                 self._last_log[key] = now
+                self._unshown.pop(key, None)
                 self.err.print(f"{event.message} keys")
+            else:
+                self._unshown[key] = event.message  # shown before the step's next message
             return
         if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),
@@ -163,6 +183,7 @@ class Renderer:
                 transient=False,
             )
             self._progress.start()
+            _LIVE[:] = [self._progress.console]
         if key not in self._tasks:
             scan = event.data.get("scan") or ""
             label = f"{event.data.get('label', event.migration_id)} {scan}".strip()
@@ -172,6 +193,12 @@ class Renderer:
         elapsed = time.monotonic() - began
         rate = f"{(done - first) / elapsed:,.0f} keys/s" if elapsed > 0.5 else ""
         self._progress.update(self._tasks[key], completed=done, total=total, rate=rate)
+
+    def _flush_progress(self, migration_id: str) -> None:
+        """Without a terminal, print the latest progress line of the step that was held
+        back by the rate limit, so the line before `applied` shows the final count."""
+        for key in [k for k in self._unshown if k.startswith(migration_id + "/")]:
+            self.err.print(f"{self._unshown.pop(key)} keys")
 
     def _finish_task(self, migration_id: str) -> None:
         for key in [k for k in self._tasks if k.startswith(migration_id + "/")]:
@@ -185,6 +212,7 @@ class Renderer:
             self._progress.stop()
             self._progress = None
             self._tasks.clear()
+            _LIVE.clear()
 
     # --- results ---------------------------------------------------------------
 
@@ -221,28 +249,50 @@ class Renderer:
             rule = TABLE[reading.situation]["up"]
             up_would = rule.said_of(reading.migration_id)
             table.add_row("Left halfway", f"{reading.describe()} (up: {up_would})")
+            if reading.rollback_to is not None:
+                table.add_row(
+                    "To finish",
+                    f"`{self.cli_name} down {reading.rollback_to}` (rolls back "
+                    f"{reading.migration_id} and nothing below it)",
+                )
         if state.last_error:
             table.add_row("Last error", Text(state.last_error, style="red"))
         if self.verbose:
             table.add_row("Database id", state.database_id or "-")
             for record in report.partial:
                 table.add_row("Partly applied", f"{record.migration_id} {record.describe()}")
-        self.out.print(table)
+        _print_table(self.out, table)
         if report.missing:
             self.out.print(
                 Text.assemble(
                     ("Applied but missing from the code:", "yellow"), " ", ", ".join(report.missing)
                 )
             )
-        if report.pending:
-            self.out.print(Text("\nPending", style="bold"))
-            pending = Table.grid(padding=(0, 2))
-            for m in report.pending:
-                pending.add_row(f"  {m.id}", m.description)
-            self.out.print(pending)
+        self._pending(report)
         if report.history:
             self.out.print(Text("\nRecent history", style="bold"))
-            self.out.print(_history_table(report.history))
+            _print_table(self.out, _history_table(report.history))
+
+    def _pending(self, report: StatusReport) -> None:
+        """The pending migrations, those out of order apart."""
+        late = {m.id for m in report.out_of_order}
+        in_order = [m for m in report.pending if m.id not in late]
+        if in_order:
+            self.out.print(Text("\nPending", style="bold"))
+            pending = Table.grid(padding=(0, 2))
+            for m in in_order:
+                pending.add_row(f"  {m.id}", m.description)
+            _print_table(self.out, pending)
+        if late:
+            self.out.print(
+                Text("\nPending out of order (below the current version; ", style="bold")
+                + Text("up --allow-out-of-order", style="bold")
+                + Text(" applies them)", style="bold")
+            )
+            apart = Table.grid(padding=(0, 2))
+            for m in report.out_of_order:
+                apart.add_row(f"  {m.id}", m.description)
+            _print_table(self.out, apart)
 
     def _status_json(self, report: StatusReport) -> dict[str, Any]:
         state = report.state
@@ -259,6 +309,7 @@ class Renderer:
             "last_error": state.last_error,
             "database_id": state.database_id,
             "pending": [m.id for m in report.pending],
+            "out_of_order": [m.id for m in report.out_of_order],
             "missing_code": report.missing,
             "counts": {
                 "applied": len(state.applied),
@@ -271,6 +322,7 @@ class Renderer:
             "situation": report.reading.situation,
             "left_halfway": report.reading.migration_id,
             "up_would": TABLE[report.reading.situation]["up"].said_of(report.reading.migration_id),
+            "rollback_to": report.reading.rollback_to,
         }
 
     def plan(self, plan: Plan, *, dry_run: bool, later: Sequence[str] = ()) -> None:
@@ -326,12 +378,16 @@ class Renderer:
         if outcome.cleared is not None:
             self._said(outcome.cleared, dry_run)
             return
-        if outcome.stamp:
-            self._said(
+        if outcome.stamp or outcome.created:
+            what = (
                 f"fresh empty database: stamped at version {outcome.plan.to_version} with every "
-                "known migration marked applied; nothing ran",
-                dry_run,
+                "known migration marked applied; nothing ran"
+                if outcome.stamp
+                else "no migrations to run"
             )
+            if outcome.created:
+                what = f"create an empty database (raw mode) at {outcome.created}; then {what}"
+            self._said(what, dry_run)
             return
         if report is None:
             self.plan(outcome.plan, dry_run=dry_run, later=outcome.later)
@@ -372,7 +428,7 @@ class Renderer:
         if not records:
             self.say("No history recorded.")
             return
-        self.out.print(_history_table(records, errors=True))
+        _print_table(self.out, _history_table(records, errors=True))
 
     def validation(self, report: ValidationReport) -> None:
         """Show `validate`."""
@@ -439,6 +495,33 @@ class Renderer:
         if dry_run:
             self.say("Dry run: nothing was changed.")
 
+    def stamped(self, result: StampResult, *, dry_run: bool = False) -> None:
+        """Show what stamp recorded (or would record)."""
+        if self.json:
+            self.emit(
+                {
+                    "version": result.version,
+                    "recorded_applied": result.added,
+                    "recorded_not_applied": result.removed,
+                    "from_version": result.before,
+                    "to_version": result.after,
+                    "changed": result.changed,
+                    "dry_run": dry_run,
+                }
+            )
+            return
+        if not result.changed:
+            self.say(f"Nothing to do: the recorded version is already {result.after}.")
+            return
+        would = "would record" if dry_run else "recorded"
+        for mid in result.added:
+            self.say(f"{would} {mid} as applied (not run)")
+        for mid in result.removed:
+            self.say(f"{would} {mid} as not applied (not rolled back)")
+        head = "Would set" if dry_run else "Set"
+        tail = " Dry run: nothing was changed." if dry_run else ""
+        self.say(f"{head} the version {result.before} -> {result.after}.{tail}")
+
     def created(self, path: Path, dry_run: bool = False) -> None:
         """Show the file `create` wrote (or would write)."""
         if self.json:
@@ -463,7 +546,7 @@ class Renderer:
         if not found:
             self.say(f"No backups in {where!s}.")
         else:
-            self.out.print(_backup_table(found))
+            _print_table(self.out, _backup_table(found))
         if kept:
             self.say(
                 Text.assemble(
@@ -555,8 +638,8 @@ def _after_force_clean(before: State, left: Reading) -> str:
     where = f" ({left.record.describe()})" if left.record is not None else ""
     if left.situation is Situation.HALF_ROLLED_BACK:
         return (
-            f"The rollback of {mid} is still halfway{where}: finish it with `down VERSION`, "
-            f"a version below {mid}; `up` refuses until then."
+            f"The rollback of {mid} is still halfway{where}: finish it with "
+            f"`down {left.rollback_to}`; `up` refuses until then."
         )
     if left.situation is Situation.PARTLY_APPLIED:
         return f"Nothing was marked applied; `up` continues {mid}{where}."
@@ -567,6 +650,33 @@ def _after_force_clean(before: State, left: Reading) -> str:
             "stopped: check it (`validate`), then `down VERSION` again, or restore a backup."
         )
     return "Nothing was marked applied; `up` runs it again from its start."
+
+
+_LIVE: list[Console] = []
+"""The console of the progress bar on screen, if one is: log lines go through it."""
+
+
+def log_line(text: str) -> bool:
+    """Print a log line above the progress bar on screen (rich redraws the bar below it);
+    return False when no bar is on screen (the caller prints it as usual)."""
+    if not _LIVE:
+        return False
+    _LIVE[0].print(Text(text))
+    return True
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print a table without the spaces rich pads every line's last cell with."""
+    segments: list[Segment] = []
+    for line in console.render_lines(table, pad=False, new_lines=False):
+        while line and not line[-1].text.rstrip():
+            line.pop()
+        if line:
+            last = line[-1]
+            line[-1] = Segment(last.text.rstrip(), last.style, last.control)
+        segments.extend(line)
+        segments.append(Segment.line())
+    console.print(Segments(segments), soft_wrap=True)
 
 
 def _console(stream: Any) -> Console:
