@@ -4,7 +4,7 @@ Whatever Hypothesis throws at it, the CLI never raises an uncaught exception, ex
 with a documented code, prints no traceback, and a command it rejects leaves the database
 (every column family, the state included) exactly as it was.
 
-CI runs a few hundred examples of each; `PEBBLE_MIGRATE_FUZZ_EXAMPLES` sets the count for a
+CI runs 1,000 examples of each (3,000 in all); `PEBBLE_MIGRATE_FUZZ_EXAMPLES` sets the count for a
 long run, and `PEBBLE_MIGRATE_FUZZ_TALLY` names a JSON file that receives the counts.
 """
 
@@ -33,7 +33,7 @@ from pebble_migrate.testing import contents, create_database
 DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}
 REFUSED = {1, 2, 4, 5, 7}
 """Exit codes of a command that did nothing (6, a migration that failed, ran until then)."""
-EXAMPLES = int(os.environ.get("PEBBLE_MIGRATE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("PEBBLE_MIGRATE_FUZZ_EXAMPLES", "1000"))
 TALLY: Counter[str] = Counter()
 FUZZ = settings(
     max_examples=EXAMPLES,
