@@ -185,7 +185,7 @@ def test_an_unreadable_pyproject_is_named_with_the_os_error(
         ),
         (
             "[tool.pebble-migrate]\nbackup-older-than = 30\n",
-            '[tool.pebble-migrate] backup-older-than must be like "30d"',
+            '[tool.pebble-migrate] backup-older-than must be like "30d", not 30',
         ),
         (
             "[tool.pebble-migrate]\nbackup-mode = 'hardlink'\n",

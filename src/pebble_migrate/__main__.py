@@ -1,5 +1,5 @@
 """`python -m pebble_migrate`: the same as the `pebble-migrate` command."""
 
-from pebble_migrate.cli import main
+from pebble_migrate._entry import main
 
 main()

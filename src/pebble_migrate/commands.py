@@ -231,6 +231,8 @@ def up(
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
+    if create and dry_run:
+        store.refuse_file_in_the_way(resolve_database(db_path))
     if create and dry_run and store.is_creatable(resolve_database(db_path)):
         # What `up --create` would do there: create an empty database and stamp it.
         stamp = planner.Plan("up", (), 0, registry.latest_version)
@@ -310,12 +312,17 @@ def down(
     with opened(db_path, read_only=dry_run) as session:
         db, states = session.db, session.states
         state = _require_initialized(states, opts.cli_name)
-        if steps is not None:
-            version = planner.steps_back(state.applied, steps, opts.cli_name)
         records = run_records(states)
         reading = transitions.read(state, records, {m.id: m for m in migrations})
         transitions.decide(reading, "down", opts.cli_name)
         partial = _partly_applied(state, records)
+        if steps is not None:
+            # A migration left failed or partly applied is the newest step: `--steps 1`
+            # undoes it (or clears its failure), not also the good one below it.
+            progress = state.in_progress
+            failed = {progress.id} if progress and state.status is Status.DIRTY else set()
+            undone = set(state.applied) | partial | (failed - set(state.applied))
+            version = planner.steps_back(undone, steps, opts.cli_name)
         plan = planner.plan_down(migrations, state.applied, version, partial)
         _check_leftovers_in_plan(reading, state, records, plan, version, opts.cli_name)
         _check_views(session, plan, opts)

@@ -64,7 +64,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_project_config(start: Path | None = None) -> ProjectConfig:
     """Return the `[tool.pebble-migrate]` table of the nearest pyproject.toml, if any."""
-    found = _nearest_table(start or Path.cwd())
+    if start is None:
+        try:
+            start = Path.cwd()
+        except FileNotFoundError:  # the working directory was deleted: no project around it
+            return ProjectConfig()
+    found = _nearest_table(start)
     if found is None:
         return ProjectConfig()
     path, table = found
@@ -90,8 +95,18 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise UsageError(f"{path}: [tool.pebble-migrate] backup-keep must be a positive integer")
     older = table.get("backup-older-than")
-    if older is not None and not isinstance(older, str):
-        raise UsageError(f'{path}: [tool.pebble-migrate] backup-older-than must be like "30d"')
+    if older is not None:
+        from pebble_migrate.units import parse_age
+
+        try:
+            if not isinstance(older, str):
+                raise ValueError("not a string")
+            parse_age(older)
+        except ValueError:
+            raise UsageError(
+                f'{path}: [tool.pebble-migrate] backup-older-than must be like "30d", '
+                f"not {older!r:.40}"
+            ) from None
     mode = table.get("backup-mode")
     if mode is not None and mode not in BACKUP_MODES:
         raise UsageError(

@@ -44,7 +44,7 @@ from pebble_migrate.state import (
     Status,
     new_state,
 )
-from pebble_migrate.units import utc_now
+from pebble_migrate.units import printable, utc_now
 
 log = logging.getLogger("pebble_migrate")
 
@@ -446,6 +446,7 @@ class Executor:
         self, step: Step, clock: _Clock, exc: Exception, details: str, where: str | None = None
     ) -> MigrateError:
         error = exc.message if isinstance(exc, MigrateError) else f"{type(exc).__name__}: {exc}"
+        error = printable(error)  # an exception's text often carries data
         if where:
             error = f"{error.rstrip('.')} ({where})"
         record = self._history(step, clock, success=False, error=error)
@@ -526,12 +527,17 @@ class Executor:
             hint=hint,
         )
 
+    def _down_to(self) -> str:
+        """The VERSION of the `down VERSION` that finishes this rollback (the plan's target,
+        whether it was given as a version or as --steps)."""
+        return str(self._plan.to_version) if self._plan is not None else "VERSION"
+
     def _continue_hint(self, step: Step) -> str:
         cli = self.cli_name
         if self._plan is not None and self._plan.command == "rerun":
             return f"Run `{cli} rerun {step.id}` to continue where it stopped."
         if step.action == "rollback":
-            return f"The status stays `rollback`. Run `{cli} down` with the same version to finish."
+            return f"The status stays `rollback`. Run `{cli} down {self._down_to()}` to finish."
         if step.migration.rerunnable or (
             self.state.in_progress is not None and self.state.in_progress.resumable
         ):
@@ -568,7 +574,7 @@ class Executor:
         if step.action == "rollback":
             return (
                 "The status is now `dirty`; the failed chunk was discarded. Fix the cause, then "
-                f"run `{cli} down` with the same version to continue the rollback; or restore a "
+                f"run `{cli} down {self._down_to()}` to continue the rollback; or restore a "
                 f"backup (`{cli} backup list`)."
             )
         kept = ""

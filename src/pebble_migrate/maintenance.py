@@ -115,16 +115,21 @@ def stamp(
         before = states.read()
         halfway = run_records(states)
         if before.status is not Status.CLEAN or before.in_progress is not None or halfway:
-            what = before.status.value if before.status is not Status.CLEAN else "clean"
             left = sorted({mid for mid, _ in halfway})
+            why = (
+                f"its status is {before.status.value}"
+                if before.status is not Status.CLEAN
+                else f"{', '.join(left)} is left halfway"
+            )
             raise NotCleanError(
-                f"cannot stamp {db_path}: its status is {what}"
-                + (f", with {', '.join(left)} left halfway" if left else "")
-                + "; stamp only records versions on a clean database.",
+                f"cannot stamp {db_path}: {why}; stamp only records versions on a clean "
+                "database with nothing left halfway.",
                 hint=f"Nothing was changed. Finish or undo the interrupted run first "
                 f"(`{cli} status` says how), then stamp.",
             )
-        chosen = {m.id for m in migrations if m.version <= version}
+        # As `up VERSION` would apply: everything at or below it, and what that depends on
+        # (refused when a dependency lies above VERSION).
+        chosen = {m.id for m in planner.up_to(migrations, version, cli)}
         # Applied ids with no file here are records only: kept at or below the version.
         kept = {mid for mid in before.applied if mid not in known and parse_id(mid) <= version}
         applied = chosen | kept

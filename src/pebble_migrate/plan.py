@@ -172,7 +172,15 @@ def _first(todo: list[Migration], first: str, applied: Collection[str]) -> list[
     return [head, *(m for m in todo if m.id != first)]
 
 
-def _up_to(todo: list[Migration], target: int) -> list[Migration]:
+def up_to(
+    migrations: Sequence[Migration], target: int, cli: str = "pebble-migrate"
+) -> list[Migration]:
+    """Return the migrations at or below version `target` and everything they depend on,
+    as `up VERSION` applies them (PlanError when a dependency lies above `target`)."""
+    return _up_to(list(migrations), target, cli)
+
+
+def _up_to(todo: list[Migration], target: int, cli: str = "pebble-migrate") -> list[Migration]:
     by_id = {m.id: m for m in todo}
     chosen: set[str] = set()
     stack = [m.id for m in todo if m.version <= target]
@@ -187,7 +195,7 @@ def _up_to(todo: list[Migration], target: int) -> list[Migration]:
         raise PlanError(
             f"cannot stop at version {target}: {', '.join(above)} lie above it but "
             "migrations at or below it depend on them.",
-            hint="Choose a later version, or run `pebble-migrate up` with no version.",
+            hint=f"Choose a later version, or run `{cli} up` with no version.",
         )
     return [m for m in todo if m.id in chosen]
 

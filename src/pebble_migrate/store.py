@@ -24,6 +24,7 @@ from pebble_migrate.errors import (
     MigrateError,
     NotADatabase,
     StorageError,
+    UsageError,
 )
 
 STATE_CF = "pebble_migrate"
@@ -53,8 +54,31 @@ def check_database_dir(path: Path) -> None:
 
 
 def is_creatable(path: Path) -> bool:
-    """Return whether a new database may be created at `path` (missing or an empty dir)."""
+    """Return whether a new database may be created at `path` (missing or an empty dir,
+    under directories: not below a file)."""
+    if blocking_file(path) is not None:
+        return False
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def refuse_file_in_the_way(where: Path) -> None:
+    """Raise a UsageError when a file stands where a parent directory of `where` would
+    have to be, so no database could be created there."""
+    in_the_way = blocking_file(where)
+    if in_the_way is not None:
+        raise UsageError(
+            f"cannot create a database at {where}: {in_the_way} is a file, not a directory.",
+            hint="Nothing was changed. Choose another path.",
+        )
+
+
+def blocking_file(path: Path) -> Path | None:
+    """Return the file (not a directory) that stands where `path` or one of its parents
+    would have to be a directory, if any."""
+    for at in (path, *path.parents):
+        if at.exists():
+            return None if at.is_dir() else (at if at != path else None)
+    return None
 
 
 def open_database(
@@ -63,6 +87,8 @@ def open_database(
     """Open the database at `path` the way rocksdict does by default, never creating one
     unless `create` is set and the path is missing or an empty directory."""
     where = Path(path)
+    if create:
+        refuse_file_in_the_way(where)
     if create and is_creatable(where):
         where.mkdir(parents=True, exist_ok=True)
         return _guarded(

@@ -64,3 +64,13 @@ def version_time(version: int) -> str:
     if version <= 0:
         return "-"
     return format_time(datetime.fromtimestamp(version, UTC))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Return `text` with terminal control characters (escape sequences included) shown as
+    `\\xNN`, so text that came from data (an exception's message, a record read from
+    disk) cannot drive the operator's terminal. Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -100,10 +100,9 @@ def validate(
             order = _applied_in_order(migrations, state)
             if chosen is not None:
                 _require_applied(chosen, state, cli)
-            applied = [m.id for m in migrations if m.id in state.applied]
             for m in (by_id[mid] for mid in order):
                 if chosen is None or m.id in chosen:
-                    later = applied[applied.index(m.id) + 1 :]
+                    later = _applied_after(m.id, migrations, state)
                     checks.append(_run_validate(db, m, str(session.path), later))
     except PlanError:
         raise  # a request that cannot be answered, not a finding
@@ -290,6 +289,18 @@ def _state_checks(
         )
     )
     return checks
+
+
+def _applied_after(mid: str, migrations: list[Migration], state: State) -> list[str]:
+    """The migrations applied after `mid`, in the order they were applied (the recorded
+    times; an out-of-order migration runs after ones with higher versions). Without a
+    time for one of them, the order of the migrations stands in for it."""
+    rank = {m.id: i for i, m in enumerate(migrations)}
+    when = state.applied_at
+    applied = [x for x in state.applied if x in rank]
+    if mid in when and all(x in when for x in applied):
+        return sorted((x for x in applied if when[x] > when[mid]), key=lambda x: when[x])
+    return sorted((x for x in applied if rank[x] > rank[mid]), key=rank.__getitem__)
 
 
 def _chosen(migrations: list[Migration], only: Sequence[str]) -> set[str] | None:

@@ -258,7 +258,7 @@ def test_bad_retention_setting_stops_before_anything(
     unchanged = Unchanged(db)
     result = invoke("up", "-d", str(db), "-m", str(migrations_dir))
     assert result.exit_code == 2
-    assert "backup-older-than: cannot read 'soon' as an age" in error_of(result)
+    assert "backup-older-than must be like \"30d\", not 'soon'" in error_of(result)
     unchanged.check()
 
 

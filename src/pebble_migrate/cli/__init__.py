@@ -13,7 +13,7 @@ import click
 # (rich) and RocksDB inside their functions, so that `--help` starts fast and each command
 # pays only for what it uses.
 from pebble_migrate.cli.options import Settings, global_options, settings
-from pebble_migrate.errors import EXIT_SIGINT, FilesystemError, MigrateError
+from pebble_migrate.errors import EXIT_SIGINT, EXIT_SIGTERM, FilesystemError, MigrateError
 
 
 class _Group(click.Group):
@@ -22,6 +22,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # the reader went away: main() ends quietly
         except (MigrateError, OSError) as raised:
             # The library reports file errors itself; an OSError that still escapes it is
             # shown the same way, never as a traceback.
@@ -105,15 +107,41 @@ def _standard_streams() -> None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
 
 
+class _Terminated(Exception):
+    """SIGTERM outside a migration run (a run installs its own graceful handlers)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+INTERRUPTED = (
+    "Error: interrupted{how}. Every write pebble-migrate makes is atomic: it was made whole "
+    "or not at all.\nRun `{cli} status` to see where things stand.\n"
+)
+
+
 def main() -> None:
     """Run the CLI (console script entry point)."""
+    import signal
+
     _standard_streams()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+    cli_name = "pebble-migrate"
     try:
-        code = cli.main(prog_name="pebble-migrate", standalone_mode=False)
+        code = cli.main(prog_name=cli_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
         # A signal outside a migration run (which handles its own): nothing was half-done.
-        sys.stderr.write("Error: interrupted.\n")
+        sys.stderr.write(INTERRUPTED.format(how="", cli=cli_name))
         sys.exit(EXIT_SIGINT)
+    except _Terminated:
+        sys.stderr.write(INTERRUPTED.format(how=" by SIGTERM", cli=cli_name))
+        sys.exit(EXIT_SIGTERM)
+    except BrokenPipeError:
+        # Whoever read the output (`| head`) has gone: nothing more to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

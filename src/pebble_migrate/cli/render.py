@@ -28,6 +28,7 @@ from pebble_migrate.units import (
     format_bytes,
     format_duration,
     format_time,
+    printable,
     utc_now,
     version_time,
 )
@@ -109,9 +110,9 @@ class Renderer:
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(details or "".join(traceback.format_exception(exc)))
-        self.err.print(Text.assemble(("Error:", "bold red"), " ", exc.message))
+        self.err.print(Text.assemble(("Error:", "bold red"), " ", printable(exc.message)))
         if exc.hint:
-            self.err.print(exc.hint)
+            self.err.print(Text(printable(exc.hint)))
         if self.json:
             self.emit(
                 {
@@ -256,7 +257,7 @@ class Renderer:
                     f"{reading.migration_id} and nothing below it)",
                 )
         if state.last_error:
-            table.add_row("Last error", Text(state.last_error, style="red"))
+            table.add_row("Last error", Text(printable(state.last_error), style="red"))
         if self.verbose:
             table.add_row("Database id", state.database_id or "-")
             for record in report.partial:
@@ -731,6 +732,6 @@ def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Ta
             format_duration(r.duration_s),
         ]
         if errors:
-            row.append(r.error or r.note or "")
+            row.append(printable(r.error or r.note or ""))
         table.add_row(*row)
     return table
