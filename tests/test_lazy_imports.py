@@ -45,8 +45,16 @@ def modules_after(code: str) -> set[str]:
         sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
         """
     ).format(code=textwrap.indent(textwrap.dedent(code), "    "))
+    # Not measured: coverage.py, started in every child under `make test`, imports modules
+    # of its own (hashlib, uuid) that the application would not.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     result = subprocess.run(
-        [sys.executable, "-c", child], capture_output=True, text=True, check=False, timeout=120
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
     )
     line = [ln for ln in result.stderr.splitlines() if ln.startswith("MODULES ")]
     assert line, result.stderr

@@ -419,6 +419,8 @@ def _copy_views(db_path: Path, data: Path, partial: dict[str, str]) -> None:
         target = scans_dir(data) / mid
         for path in sorted(source.rglob("*")):
             relative = path.relative_to(source)
+            if relative.parts[0].endswith(".tmp"):
+                continue  # a view RocksDB never finished (killed while it was taken)
             if path.is_symlink():
                 continue  # never followed out of the database
             if path.is_dir():

@@ -164,8 +164,9 @@ class DiskFullError(StorageError):
         super().__init__(
             f"the disk holding {path} is full{where}: {detail}",
             hint=hint
-            or "Free some space, then run `pebble-migrate force-clean` and "
-            "`pebble-migrate up`; committed work is kept and resumes where it stopped.",
+            or "Free some space, then run `pebble-migrate status`: it says how to go on "
+            "(committed work is kept, and an interrupted `up` or `down` continues where it "
+            "stopped when run again).",
         )
 
 

@@ -168,7 +168,11 @@ def close_database(db: rocksdict.Rdict, *, quiet: bool = False) -> None:
     it closes, so a close can lose nothing that was done, and an error here would report a
     finished command as failed. `quiet` skips the warning (after an error already shown).
     """
-    path = Path(str(db.path()))
+    try:
+        path = Path(str(db.path()))
+    except Exception:  # noqa: BLE001 - DbClosedError: closed already (a failed write closes it)
+        gc.collect()
+        return
     try:
         db.close()
     except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception

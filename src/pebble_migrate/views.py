@@ -51,8 +51,11 @@ def new_token() -> str:
 def create_view(db: rocksdict.Rdict, db_path: Path, path: Path) -> None:
     """Take a checkpoint of `db` at `path` (hard links: cost does not grow with the data)."""
     _require_real_dirs(db_path, path.parent, create=True)
-    if os.path.lexists(path):
-        _remove(db_path, path)  # left by a run that died before recording it
+    for left in (path, path.with_name(path.name + ".tmp")):
+        if os.path.lexists(left):
+            # Left by a run that died before recording it, or while RocksDB was taking
+            # the checkpoint (it builds `<path>.tmp`, then renames it).
+            _remove(db_path, left)
     checkpoint = rocksdict.Checkpoint(db)
     try:
         checkpoint.create_checkpoint(str(path))
