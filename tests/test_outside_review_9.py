@@ -103,3 +103,22 @@ def test_the_disk_full_advice_holds_for_a_rollback_too() -> None:
     hint = DiskFullError("/x", "No space left on device", 0, None).hint or ""
     assert "`pebble-migrate status`" in hint
     assert "force-clean" not in hint  # wrong for a rollback, needless for an apply
+
+
+def test_backup_list_names_a_backup_whose_metadata_is_damaged(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    db = create_database(tmp_path / "app.db", {b"k": b"v"})
+    kept = invoke("backup", "create", "good", "-d", str(db), "--json")
+    assert kept.exit_code == 0, kept.stderr
+    bad = invoke("backup", "create", "bad", "-d", str(db), "--json")
+    import json
+
+    bad_id = json.loads(bad.stdout)["backup"]["id"]
+    meta = tmp_path / "app.db.backups" / bad_id / "backup.json"
+    meta.write_text(meta.read_text()[:20])  # truncated
+
+    for extra in ([], ["--json"]):
+        listed = invoke("backup", "list", "-d", str(db), *extra)
+        assert listed.exit_code == 0
+        assert f"warning: {bad_id} is not a usable backup" in listed.stderr

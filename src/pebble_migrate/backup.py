@@ -573,6 +573,11 @@ _TEMPORARY = re.compile(
 _BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z(-\d{2,})?$")
 
 
+def looks_like_backup_id(name: str) -> bool:
+    """Whether `name` has the shape of the ids this tool gives backups."""
+    return bool(_BACKUP_ID.match(name))
+
+
 def sweep_temporary(root: Path) -> list[Path]:
     """Remove what dead backup processes left: temporary entries (`.tmp-<backup id>-<pid>`)
     and backup directories whose backup.json is gone (a removal, or the packing into an

@@ -129,6 +129,25 @@ def list_backups(
     return found
 
 
+def unreadable(db_path: str | Path, backup_dir: str | Path | None) -> list[tuple[str, str]]:
+    """Return (name, why) for each entry named like a backup whose metadata does not load
+    (backup.json damaged or deleted): `backup list` names them rather than leave them out."""
+    from pebble_migrate.backup import looks_like_backup_id
+
+    root = backup_dir_for(db_path, backup_dir)
+    if not root.is_dir():
+        return []
+    damaged = []
+    for item in sorted(root.iterdir()):
+        if item.is_symlink() or not looks_like_backup_id(item.name.removesuffix(".tar.gz")):
+            continue
+        try:
+            load_backup(item)
+        except BackupError as exc:
+            damaged.append((item.name, exc.message.rstrip(".")))
+    return damaged
+
+
 def others_in(db_path: str | Path, backup_dir: str | Path | None) -> int:
     """Return how many backups in the directory are of other databases."""
     everything = list_backups(db_path, backup_dir=backup_dir, everything=True)

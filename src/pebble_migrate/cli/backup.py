@@ -19,7 +19,7 @@ from pebble_migrate.cli.options import (
     yes_option,
 )
 from pebble_migrate.errors import UsageError
-from pebble_migrate.units import format_bytes, parse_age
+from pebble_migrate.units import format_bytes, parse_age, printable
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -108,7 +108,10 @@ def list_cmd() -> None:
     kept = catalog.kept_databases(s.database_path())
     where = backups.backup_dir_for(s.database_path(), s.backups())
     others = catalog.others_in(s.database_path(), s.backups())
-    renderer(s).backups(found, kept, where, others)
+    out = renderer(s)
+    out.backups(found, kept, where, others)
+    for name, why in catalog.unreadable(s.database_path(), s.backups()):
+        out.note(printable(f"warning: {name} is not a usable backup: {why}."))
 
 
 @backup.command("verify")
