@@ -122,3 +122,64 @@ def test_backup_list_names_a_backup_whose_metadata_is_damaged(
         listed = invoke("backup", "list", "-d", str(db), *extra)
         assert listed.exit_code == 0
         assert f"warning: {bad_id} is not a usable backup" in listed.stderr
+
+
+_WRITER = """
+import os
+import sys
+
+import rocksdict
+
+db = rocksdict.Rdict(sys.argv[1], rocksdict.Options(raw_mode=True))
+sync = rocksdict.WriteOptions()
+sync.sync = True
+for i in range(400):
+    db.put(b"w:%04d" % i, b"v" * 50, sync)
+os._exit(0)  # killed, as it were: the writes are only in the write-ahead log
+"""
+
+
+def _logged_only(tmp_path: Path) -> Path:
+    db = create_database(tmp_path / "app.db", {b"k": b"v"})
+    subprocess.run([sys.executable, "-c", _WRITER, str(db)], check=True, timeout=60)
+    return db
+
+
+def _log(db: Path) -> Path:
+    return max(db.glob("*.log"), key=lambda p: p.stat().st_size)
+
+
+def test_a_write_open_never_hides_a_damaged_log_record(tmp_path: Path, invoke: Invoke) -> None:
+    """RocksDB's default drops the log from a damaged record on; `up` then opened the
+    database for writing, wrote the shortened data back, and `validate --deep` passed."""
+    db = _logged_only(tmp_path)
+    log = _log(db)
+    with log.open("r+b") as handle:
+        handle.seek(log.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+
+    refused = invoke("up", "-d", str(db), "-m", str(migrations))
+    deep = invoke("validate", "--deep", "-d", str(db), "-m", str(migrations))
+
+    assert refused.exit_code == 1
+    assert "corrupt data" in refused.stderr and "Restore a backup" in refused.stderr
+    assert deep.exit_code == 7
+    assert "in the write-ahead log" in deep.output
+    assert log.exists() and log.stat().st_size > 0  # nothing was written back over it
+
+
+def test_a_log_whose_last_record_a_crash_cut_short_still_opens(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    db = _logged_only(tmp_path)
+    log = _log(db)
+    os.truncate(log, log.stat().st_size - 7)  # a write the crash left unfinished
+
+    shown = invoke("status", "-d", str(db))
+
+    assert shown.exit_code == 0, shown.stderr
+    assert len(contents(db)["default"]) == 1 + 399  # every acknowledged write but the last

@@ -78,6 +78,17 @@ def check_wal(folder: Path) -> Damage | None:
     return None
 
 
+def damage_is_in_the_log(folder: Path) -> bool:
+    """Whether a database that does not open would open with its damaged write-ahead-log
+    records skipped: then the log is what is damaged."""
+    try:
+        db = store.open_database(folder, read_only=True, skip_wal_damage=True)
+    except MigrateError:
+        return False
+    store.close_database(db)
+    return True
+
+
 def check_settings_files(folder: Path) -> Damage | None:
     """Check the small files a database is opened with: rocksdict's config must be a JSON
     object with its key mode, and each OPTIONS file must have RocksDB's sections. Damage to

@@ -82,7 +82,12 @@ def blocking_file(path: Path) -> Path | None:
 
 
 def open_database(
-    path: str | Path, *, read_only: bool, create: bool = False, strict_wal: bool = False
+    path: str | Path,
+    *,
+    read_only: bool,
+    create: bool = False,
+    strict_wal: bool = False,
+    skip_wal_damage: bool = False,
 ) -> rocksdict.Rdict:
     """Open the database at `path` the way rocksdict does by default, never creating one
     unless `create` is set and the path is missing or an empty directory."""
@@ -96,59 +101,51 @@ def open_database(
         )
     check_database_dir(where)
     if read_only:
-        return _open_read_only(where, strict_wal=strict_wal)
+        return _open_read_only(where, strict_wal=strict_wal, skip_wal_damage=skip_wal_damage)
     # No Options: rocksdict then loads the database's own options, column families and
     # raw/pickle mode, so databases written by other programs open unchanged.
     access = rocksdict.AccessType.read_write()
     return _guarded(where, lambda: _open_default(where, where, access, writable=True))
 
 
-_UNOPENED = "Column families not opened"
-
-
 def _open_default(
     where: Path, at: Path, access: rocksdict.AccessType, *, writable: bool
 ) -> rocksdict.Rdict:
-    """Open `at` (the database, or its read-only shadow) as rocksdict does by default.
+    """Open `at` (the database, or its read-only shadow) with the database's own options,
+    column families and key mode, as rocksdict does by default, with two differences.
 
-    A process killed while RocksDB creates a column family can leave it recorded in the
-    MANIFEST but missing from the newest OPTIONS file, from which rocksdict takes the
-    families to open. A read-write open is then refused ("Column families not opened"),
-    for the application too; a read-only open succeeds without the family, so the state
-    would silently read as never initialized. Either way, open naming every family the
-    MANIFEST has: a read-write open then writes a complete OPTIONS file, which mends the
-    database for every later open.
+    - The write-ahead log is replayed tolerating only an incomplete last record (what a
+      crash during a write leaves), not a damaged record in the middle. RocksDB's default
+      stops the replay at the first damaged record and drops the rest of the log without a
+      word, and a read-write open then writes the shortened data back: the damage would be
+      hidden for good. Here the open fails with the corruption instead.
+    - Every column family the MANIFEST has is opened. A process killed while RocksDB
+      creates a family can leave it missing from the newest OPTIONS file, from which
+      rocksdict takes the families to open: a read-write open is then refused ("Column
+      families not opened"), for the application too, and a read-only one would succeed
+      without it, reading the state as never initialized. A read-write open here writes a
+      complete OPTIONS file, which mends the database for every later open.
     """
-    if writable:
-        try:
-            return rocksdict.Rdict(str(at), access_type=access)
-        except Exception as exc:
-            if _UNOPENED not in str(exc):
-                raise
-        return _open_every_family(where, at, access)
+    del writable  # the same for both; kept for the callers' clarity
     try:
-        missing = set(rocksdict.Rdict.list_cf(str(at))) - set(
-            rocksdict.Options.load_latest(str(at))[1]
-        )
-    except Exception:  # noqa: BLE001 - damaged files: the open below says what is wrong
-        missing = set()
-    if missing:
-        return _open_every_family(where, at, access)
-    return rocksdict.Rdict(str(at), access_type=access)
-
-
-def _open_every_family(where: Path, at: Path, access: rocksdict.AccessType) -> rocksdict.Rdict:
-    log.warning(
-        "%s: a column family is missing from its OPTIONS file (a process was killed while "
-        "creating it); opening it with every column family%s.",
-        where,
-        ", which writes a complete OPTIONS file" if at == where else "",
-    )
-    options, families = rocksdict.Options.load_latest(str(at))
+        options, families = rocksdict.Options.load_latest(str(at))
+        listed = rocksdict.Rdict.list_cf(str(at))
+    except Exception:  # noqa: BLE001 - damaged files: the default open says what is wrong
+        return rocksdict.Rdict(str(at), access_type=access)
     named = dict(families)
-    raw = _configured_raw(at)
-    for name in rocksdict.Rdict.list_cf(str(at)):
-        named.setdefault(name, rocksdict.Options(raw_mode=raw))
+    missing = [name for name in listed if name not in named]
+    if missing:
+        log.warning(
+            "%s: column family %s is missing from its OPTIONS file (a process was killed "
+            "while creating it); opening it with every column family%s.",
+            where,
+            ", ".join(missing),
+            ", which writes a complete OPTIONS file" if at == where else "",
+        )
+        raw = _configured_raw(at)
+        for name in missing:
+            named[name] = rocksdict.Options(raw_mode=raw)
+    options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
     return rocksdict.Rdict(str(at), options, column_families=named, access_type=access)
 
 
@@ -214,18 +211,26 @@ def _real_paths(text: str) -> str:
     return text
 
 
-def _open_read_only(where: Path, *, strict_wal: bool = False) -> rocksdict.Rdict:
+def _open_read_only(
+    where: Path, *, strict_wal: bool = False, skip_wal_damage: bool = False
+) -> rocksdict.Rdict:
     _sweep_shadows()
     access = rocksdict.AccessType.read_only(False)
     for attempt in range(_RETRIES):
         shadow = _shadow_of(where)
 
         def opener(at: Path = shadow) -> rocksdict.Rdict:
-            if strict_wal:
+            if strict_wal or skip_wal_damage:
                 # Only for a check: the options are the defaults plus the key mode, which
                 # is all a read-only walk needs, and rocksdict writes them to the shadow.
+                # Strict: no damaged log record tolerated; skip: every damaged one dropped.
+                modes = rocksdict.DBRecoveryMode
                 options = rocksdict.Options(raw_mode=_configured_raw(at))
-                options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.absolute_consistency())
+                options.set_wal_recovery_mode(
+                    modes.absolute_consistency()
+                    if strict_wal
+                    else modes.skip_any_corrupted_record()
+                )
                 return rocksdict.Rdict(str(at), options=options, access_type=access)
             return _open_default(where, at, access, writable=False)
 

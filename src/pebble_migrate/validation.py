@@ -146,7 +146,10 @@ def _storage_checks(path: Path) -> list[Check]:
     try:
         store.close_database(store.open_database(path, read_only=True))
     except MigrateError as exc:
-        checks.append(Check("open", False, exc.message.rstrip("."), RESTORE))
+        detail = exc.message.rstrip(".")
+        if integrity.damage_is_in_the_log(path):  # name what is damaged
+            detail += " (in the write-ahead log: a damaged record before its last one)"
+        checks.append(Check("open", False, detail, RESTORE))
         return checks
     tables = integrity.check_tables(path)
     wal = integrity.check_wal(path)
@@ -166,8 +169,9 @@ def _storage_checks(path: Path) -> list[Check]:
             wal is None,
             "every record reads back intact"
             if wal is None
-            else f"damaged: {_short(wal.detail)} (RocksDB drops the log from the damaged record "
-            "on when it opens the database; after a crash during a write that is expected)",
+            else f"damaged: {_short(wal.detail)} (an incomplete last record is what a crash "
+            "during a write leaves; pebble-migrate's opens drop only that, and refuse a log "
+            "damaged anywhere else)",
             "If a process died while writing, the damaged record is that unfinished write, "
             "which was never acknowledged: nothing is lost and the next open drops it. "
             "Otherwise, treat it as damage. " + RESTORE,
