@@ -142,12 +142,22 @@ def up(ctx):
         ctx.put(b"c:total", b"%d" % (int(ctx.get(b"c:total", b"0")) + 1))
 
 
+def _count_down(ctx, key):
+    # An exact inverse of up's count: back to no key at all at zero, so that the rollback
+    # of a partly applied run (which the reference never replays) leaves what was there.
+    left = int(ctx.get(key)) - 1
+    if left:
+        ctx.put(key, b"%d" % left)
+    else:
+        ctx.delete(key)
+
+
 def down(ctx):
     for key, _ in ctx.scan(prefix=b"i:"):
         c.at(MID, "rollback", key.rsplit(b":", 2)[-2] + b":" + key.rsplit(b":", 1)[-1])
         ctx.delete(key)
-        ctx.put(b"c:total", b"%d" % (int(ctx.get(b"c:total")) - 1))
-    ctx.put(b"c:runs", b"%d" % (int(ctx.get(b"c:runs")) - 1))
+        _count_down(ctx, b"c:total")
+    _count_down(ctx, b"c:runs")
 
 
 def validate(ctx):
@@ -217,12 +227,20 @@ def _append(data: dict[bytes, bytes], undo: bool) -> None:
         data[key] = data[key][:-1] if undo else data[key] + b"a"
 
 
+def _count_down(data: dict[bytes, bytes], key: bytes) -> None:
+    left = int(data[key]) - 1
+    if left:
+        data[key] = b"%d" % left
+    else:
+        del data[key]
+
+
 def _index(data: dict[bytes, bytes], undo: bool) -> None:
     if undo:
         for key in [k for k in data if k.startswith(b"i:")]:
             del data[key]
-            data[b"c:total"] = b"%d" % (int(data[b"c:total"]) - 1)
-        data[b"c:runs"] = b"%d" % (int(data[b"c:runs"]) - 1)
+            _count_down(data, b"c:total")
+        _count_down(data, b"c:runs")
         return
     data[b"c:runs"] = b"%d" % (int(data.get(b"c:runs", b"0")) + 1)
     for key in sorted(k for k in data if k.startswith(b"k:")):
