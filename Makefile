@@ -51,7 +51,7 @@ crashtest-long: $(STAMP)
 # The model-based test of tests/test_model.py at length; CI runs a few examples of it.
 modeltest-long: $(STAMP)
 	mkdir -p $(RESULTS)
-	PEBBLE_MIGRATE_MODEL_EXAMPLES=1000 PEBBLE_MIGRATE_MODEL_STEPS=40 \
+	PEBBLE_MIGRATE_MODEL_EXAMPLES=150 PEBBLE_MIGRATE_MODEL_STEPS=40 \
 	PEBBLE_MIGRATE_MODEL_TALLY=$(RESULTS)/model.json \
 	$(BIN)/pytest -q tests/test_model.py
 
