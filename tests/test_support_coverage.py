@@ -34,6 +34,7 @@ from pebble_migrate.store import STATE_CF
 from pebble_migrate.testing import contents, create_database
 from pebble_migrate.validation import validate
 from tests.conftest import Invoke, migration, registry_of, snapshot
+from tests.test_startup import _startup
 
 MID = "1700000000_job"
 KEYS = {b"k:%03d" % i: b"v" for i in range(60)}
@@ -47,14 +48,6 @@ def _opts(reg: pm.Registry, **kwargs: Any) -> pm.StartupOptions:
     for key, value in kwargs.items():
         setattr(opts, key, value)
     return opts
-
-
-def _startup(path: Path, opts: pm.StartupOptions) -> Any:
-    db = rocksdict.Rdict(str(path))
-    try:
-        return pm.check_and_run_startup_migrations(db, path, opts)
-    finally:
-        db.close()
 
 
 def _run_opts() -> commands.RunOptions:
