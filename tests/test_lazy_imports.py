@@ -104,8 +104,9 @@ def test_status_imports_only_what_it_needs(tmp_path: Path) -> None:
     create_database(db, {b"k": b"v"})
     pebble_migrate.up(db, pebble_migrate.load_migrations(migrations), target="1700000000")
     modules = cli_modules("status", "-d", str(db), "-m", str(migrations))
-    assert {"pebble_migrate.commands", "rocksdict", "rich.table"} <= modules  # it ran
-    # No backup or restore code (nothing to recover), no progress bars, no validation.
+    assert {"pebble_migrate.commands", "rocksdict", "pebble_migrate.cli.screen"} <= modules
+    # No backup or restore code (nothing to recover), nothing that runs migrations, no
+    # validation, and no rich: only a progress bar needs it.
     unneeded = {
         "pebble_migrate.backup",
         "pebble_migrate.restore",
@@ -113,11 +114,25 @@ def test_status_imports_only_what_it_needs(tmp_path: Path) -> None:
         "pebble_migrate.maintenance",
         "pebble_migrate.validation",
         "pebble_migrate.startup",
-        "rich.progress",
+        "pebble_migrate.executor",
+        "pebble_migrate.context",
+        "pebble_migrate.views",
+        "pebble_migrate.space",
         "tarfile",
         "tomllib",  # no pyproject.toml here to read
     }
     assert not modules & unneeded
+    assert not loaded(modules, "rich")
+
+
+def test_history_and_errors_print_without_rich(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    from pebble_migrate.testing import create_database
+
+    create_database(db, {b"k": b"v"})
+    assert not loaded(cli_modules("history", "-d", str(db)), "rich")
+    # An error (here: no database at the path) is printed without rich too.
+    assert not loaded(cli_modules("status", "-d", str(tmp_path / "absent")), "rich")
 
 
 def test_every_public_name_resolves_to_its_module_attribute() -> None:

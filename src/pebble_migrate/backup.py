@@ -399,7 +399,7 @@ def _checkpoint(db: rocksdict.Rdict, target: Path) -> None:
 
 
 def _partial_of(db: rocksdict.Rdict, db_path: str | Path) -> dict[str, str]:
-    from pebble_migrate.executor import run_records
+    from pebble_migrate.cursor import run_records
 
     with StateStore(db, str(db_path)) as states:
         records = run_records(states)

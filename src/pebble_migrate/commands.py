@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rocksdict
 
 from pebble_migrate import plan as planner
-from pebble_migrate import store, transitions, views
-from pebble_migrate.context import ChunkPolicy
-from pebble_migrate.cursor import RunRecord, record_key
+from pebble_migrate import store, transitions
+from pebble_migrate.cursor import RunRecord, record_key, run_records
 from pebble_migrate.errors import (
     MigrateError,
     MigrationFailed,
@@ -24,20 +24,18 @@ from pebble_migrate.errors import (
     reports_filesystem_errors,
 )
 from pebble_migrate.events import Event, Reporter, null_reporter
-from pebble_migrate.executor import (
-    Executor,
-    RunReport,
-    guard_process_exit,
-    initialize,
-    run_records,
-)
-from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import Migration
 from pebble_migrate.paths import resolve_database, restore_leftovers
 from pebble_migrate.registry import Registry
-from pebble_migrate.space import Ballast, check_space
 from pebble_migrate.state import HistoryRecord, State, StateStore, Status
 from pebble_migrate.units import utc_now
+
+# What only running migrations needs (the executor, the migration context, the views, the
+# space check) is imported by the functions that run them: `status` and `history` are
+# read on every start of an application or a shell prompt, and pay only for what they read.
+if TYPE_CHECKING:
+    from pebble_migrate.context import ChunkPolicy
+    from pebble_migrate.executor import RunReport
 
 log = logging.getLogger("pebble_migrate")
 
@@ -177,13 +175,19 @@ def history(db_path: str | Path, *, limit: int | None = None) -> list[HistoryRec
 # --- up / down / rerun --------------------------------------------------------------
 
 
+def _chunk_policy() -> ChunkPolicy:
+    from pebble_migrate.context import ChunkPolicy
+
+    return ChunkPolicy()
+
+
 @dataclass
 class RunOptions:
     """How up/down/rerun run: confirmation, reporting, chunking, signals, validation."""
 
     confirm: Confirm = always
     reporter: Reporter = null_reporter
-    policy: ChunkPolicy = field(default_factory=ChunkPolicy)
+    policy: ChunkPolicy = field(default_factory=_chunk_policy)
     handle_signals: bool = True
     cli_name: str = "pebble-migrate"
     before_write: BeforeWrite | None = None
@@ -228,6 +232,9 @@ def up(
     options: RunOptions | None = None,
 ) -> Outcome:
     """Apply pending migrations (up to `target`, a version or id)."""
+    from pebble_migrate.executor import initialize
+    from pebble_migrate.space import check_space
+
     opts = options or RunOptions()
     migrations = registry.ordered()
     version = planner.resolve_version(migrations, target, allow_zero=False) if target else None
@@ -297,6 +304,8 @@ def down(
 ) -> Outcome:
     """Roll back every applied migration above `target` (0 rolls back all), or, with
     `steps`, the `steps` applied migrations with the highest versions."""
+    from pebble_migrate.space import check_space
+
     opts = options or RunOptions()
     migrations = registry.ordered()
     if (target is None) == (steps is None):
@@ -435,6 +444,8 @@ def rerun(
     Refused when migrations applied after it may have consumed its output (rebuilding it
     would read what they have since changed), unless `allow_later`.
     """
+    from pebble_migrate.space import check_space
+
     opts = options or RunOptions()
     migrations = registry.ordered()
     with opened(db_path, read_only=dry_run) as session:
@@ -500,6 +511,9 @@ def _backup_first(db: rocksdict.Rdict, state: State, plan: planner.Plan, opts: R
 
 
 def _execute(session: Session, plan: planner.Plan, opts: RunOptions) -> RunReport:
+    from pebble_migrate.executor import Executor, guard_process_exit
+    from pebble_migrate.space import Ballast
+
     executor = Executor(
         session.db,
         session.path,
@@ -570,6 +584,8 @@ def _check_half_done_in_plan(
 def _check_views(session: Session, plan: planner.Plan, opts: RunOptions) -> None:
     """Refuse, before any write, a run whose resume would need a frozen view that is gone
     or is not its own; name the safe ways out."""
+    from pebble_migrate.executor import Executor
+
     executor = Executor(
         session.db,
         session.path,
@@ -594,6 +610,9 @@ def _confirm_discard(records: list[RunRecord], opts: RunOptions) -> None:
 
 
 def _discard(session: Session, records: list[RunRecord], opts: RunOptions) -> None:
+    from pebble_migrate import views
+    from pebble_migrate.faults import kill_point
+
     if not records:
         return
     states = session.states

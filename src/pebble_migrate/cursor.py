@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pebble_migrate.errors import CorruptStateError, MigrateError, UsageError
 from pebble_migrate.migration import parse_id
 from pebble_migrate.state import CURSOR_PREFIX
+
+if TYPE_CHECKING:
+    from pebble_migrate.state import StateStore
 
 SCAN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
@@ -213,3 +216,12 @@ def _count(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise TypeError(f"expected a count, found {value!r:.40}")
     return value
+
+
+def run_records(states: StateStore) -> dict[tuple[str, str], RunRecord]:
+    """Return the committed run records (scan cursors) keyed by (migration id, action)."""
+    records = {}
+    for _, data in states.items(CURSOR_PREFIX):
+        record = decode_record(data)
+        records[(record.migration_id, record.action)] = record
+    return records

@@ -19,7 +19,7 @@ import rocksdict
 
 from pebble_migrate import store, views
 from pebble_migrate.context import ChunkPolicy, MigrationContext, validation_problems
-from pebble_migrate.cursor import RunRecord, decode_record, encode_record, record_key
+from pebble_migrate.cursor import RunRecord, encode_record, record_key, run_records
 from pebble_migrate.errors import (
     CodeChanged,
     MigrateError,
@@ -36,7 +36,6 @@ from pebble_migrate.migration import Migration
 from pebble_migrate.plan import Plan, Step, version_of
 from pebble_migrate.signals import HardStop, SignalGuard
 from pebble_migrate.state import (
-    CURSOR_PREFIX,
     HistoryRecord,
     InProgress,
     State,
@@ -106,15 +105,6 @@ def initialize(states: StateStore, migrations: list[Migration], reporter: Report
         )
     )
     return states.write_state(stamped, *records)
-
-
-def run_records(states: StateStore) -> dict[tuple[str, str], RunRecord]:
-    """Return the committed run records (scan cursors) keyed by (migration id, action)."""
-    records = {}
-    for _, data in states.items(CURSOR_PREFIX):
-        record = decode_record(data)
-        records[(record.migration_id, record.action)] = record
-    return records
 
 
 @dataclass

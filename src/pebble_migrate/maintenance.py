@@ -11,8 +11,8 @@ from pathlib import Path
 from pebble_migrate import plan as planner
 from pebble_migrate import transitions
 from pebble_migrate.commands import Aborted, Confirm, always, opened
+from pebble_migrate.cursor import run_records
 from pebble_migrate.errors import NotCleanError, UsageError, reports_filesystem_errors
-from pebble_migrate.executor import run_records
 from pebble_migrate.faults import kill_point
 from pebble_migrate.migration import is_valid_name, parse_id
 from pebble_migrate.registry import Registry

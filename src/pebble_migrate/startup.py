@@ -14,6 +14,7 @@ import rocksdict
 from pebble_migrate import plan as planner
 from pebble_migrate import restore, store, transitions
 from pebble_migrate.context import ChunkPolicy
+from pebble_migrate.cursor import run_records
 from pebble_migrate.errors import (
     MigrateError,
     MigrationInterrupted,
@@ -25,7 +26,7 @@ from pebble_migrate.errors import (
     reports_filesystem_errors,
 )
 from pebble_migrate.events import log_reporter
-from pebble_migrate.executor import Executor, RunReport, initialize, run_records
+from pebble_migrate.executor import Executor, RunReport, initialize
 from pebble_migrate.faults import kill_point
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry, default_registry

@@ -12,14 +12,13 @@ from pebble_migrate import integrity, store, views
 from pebble_migrate import plan as planner
 from pebble_migrate.commands import opened
 from pebble_migrate.context import validation_problems
-from pebble_migrate.cursor import RunRecord
+from pebble_migrate.cursor import RunRecord, run_records
 from pebble_migrate.errors import (
     CorruptStateError,
     MigrateError,
     PlanError,
     reports_filesystem_errors,
 )
-from pebble_migrate.executor import run_records
 from pebble_migrate.migration import Migration
 from pebble_migrate.paths import resolve_database
 from pebble_migrate.registry import Registry

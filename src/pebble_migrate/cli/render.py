@@ -1,4 +1,4 @@
-"""The only place that prints: rich text for people, JSON lines for programs."""
+"""The only place that prints: styled text for people, JSON lines for programs."""
 
 from __future__ import annotations
 
@@ -16,11 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.segment import Segment, Segments
-from rich.table import Table
-from rich.text import Text
-
+from pebble_migrate.cli.screen import Cell, Screen, Styled, columns, styled
 from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
 from pebble_migrate.transitions import TABLE, Situation
 from pebble_migrate.units import (
@@ -37,6 +33,7 @@ from pebble_migrate.units import (
 # every command (`status` above all) pay for the modules of every other one. Progress
 # bars are imported by the first one shown.
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
     from pebble_migrate.backup import BackupInfo
@@ -80,8 +77,8 @@ class Renderer:
         self.verbose = verbose
         self.cli_name = cli_name
         self._stdout = Outlet(sys.stdout)
-        self.out = _console(self._stdout)
-        self.err = _console(Outlet(sys.stderr))
+        self.out = Screen(self._stdout)
+        self.err = Screen(Outlet(sys.stderr))
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._last_log: dict[str, float] = {}
@@ -95,7 +92,7 @@ class Renderer:
         self._stdout.write(json.dumps(_plain(obj), sort_keys=True) + "\n")
         self._stdout.flush()
 
-    def say(self, text: str | Text) -> None:
+    def say(self, text: Cell) -> None:
         """Tell the operator something: stdout for people, stderr in JSON mode."""
         (self.err if self.json else self.out).print(text)
 
@@ -110,9 +107,9 @@ class Renderer:
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(details or "".join(traceback.format_exception(exc)))
-        self.err.print(Text.assemble(("Error:", "bold red"), " ", printable(exc.message)))
+        self.err.print(Styled(("Error:", "bold red"), " ", printable(exc.message)))
         if exc.hint:
-            self.err.print(Text(printable(exc.hint)))
+            self.err.print(printable(exc.hint))
         if self.json:
             self.emit(
                 {
@@ -148,10 +145,7 @@ class Renderer:
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
-        self._console().print(Text(event.message, style=style or ""))
-
-    def _console(self) -> Console:
-        return self._progress.console if self._progress is not None else self.err
+        self.err.print(styled(event.message, style or ""))
 
     def _show_progress(self, event: Event) -> None:
         key = f"{event.migration_id}/{event.data.get('action', '')}/{event.data.get('scan', '')}"
@@ -180,10 +174,11 @@ class Renderer:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
-                console=self.err,
+                console=_rich_console(self.err.stream),
                 transient=False,
             )
             self._progress.start()
+            self.err.live = self._progress.console
             _LIVE[:] = [self._progress.console]
         if key not in self._tasks:
             scan = event.data.get("scan") or ""
@@ -212,6 +207,7 @@ class Renderer:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+            self.err.live = None
             self._tasks.clear()
             _LIVE.clear()
 
@@ -223,77 +219,78 @@ class Renderer:
         if self.json:
             self.emit(self._status_json(report))
             return
-        table = Table.grid(padding=(0, 2))
-        table.add_row("Database", report.database)
-        table.add_row("Version", _version(state.current_version))
-        table.add_row("Status", _status(state.status))
+        table: list[tuple[str, Cell]] = [
+            ("Database", report.database),
+            ("Version", _version(state.current_version)),
+            ("Status", _status(state.status)),
+        ]
         if not state.initialized:
             what = (
                 "empty: `up` will stamp it at the latest version"
                 if report.fresh_empty
                 else "has data: `up` will run every migration"
             )
-            table.add_row("State", f"not initialized ({what})")
-        table.add_row("Last migration", _last_run(state, report.last))
+            table.append(("State", f"not initialized ({what})"))
+        table.append(("Last migration", _last_run(state, report.last)))
         known = len(report.migrations)
-        table.add_row(
-            "Migrations",
-            f"{len(state.applied)} applied, {len(report.pending)} pending, {known} known",
+        table.append(
+            (
+                "Migrations",
+                f"{len(state.applied)} applied, {len(report.pending)} pending, {known} known",
+            )
         )
         if state.in_progress is not None:
             progress = state.in_progress
             where = f", {report.interrupted.describe()}" if report.interrupted else ""
             resumable = "resumable" if progress.resumable else "not resumable (wrote outside ctx)"
-            table.add_row("In progress", f"{progress.id} ({progress.kind}, {resumable}{where})")
+            table.append(("In progress", f"{progress.id} ({progress.kind}, {resumable}{where})"))
         reading = report.reading
         if reading.situation is not Situation.CLEAN:
             rule = TABLE[reading.situation]["up"]
             up_would = rule.said_of(reading.migration_id)
-            table.add_row("Left halfway", f"{reading.describe()} (up: {up_would})")
+            table.append(("Left halfway", f"{reading.describe()} (up: {up_would})"))
             if reading.rollback_to is not None:
-                table.add_row(
-                    "To finish",
-                    f"`{self.cli_name} down {reading.rollback_to}` (rolls back "
-                    f"{reading.migration_id} and nothing below it)",
+                table.append(
+                    (
+                        "To finish",
+                        f"`{self.cli_name} down {reading.rollback_to}` (rolls back "
+                        f"{reading.migration_id} and nothing below it)",
+                    )
                 )
         if state.last_error:
-            table.add_row("Last error", Text(printable(state.last_error), style="red"))
+            table.append(("Last error", styled(printable(state.last_error), "red")))
         if self.verbose:
-            table.add_row("Database id", state.database_id or "-")
+            table.append(("Database id", state.database_id or "-"))
             for record in report.partial:
-                table.add_row("Partly applied", f"{record.migration_id} {record.describe()}")
-        _print_table(self.out, table)
+                table.append(("Partly applied", f"{record.migration_id} {record.describe()}"))
+        self.out.lines(columns(table))
         if report.missing:
             self.out.print(
-                Text.assemble(
+                Styled(
                     ("Applied but missing from the code:", "yellow"), " ", ", ".join(report.missing)
                 )
             )
         self._pending(report)
         if report.history:
-            self.out.print(Text("\nRecent history", style="bold"))
-            _print_table(self.out, _history_table(report.history))
+            self.out.print(styled("\nRecent history", "bold"))
+            self.out.lines(_history_table(report.history))
 
     def _pending(self, report: StatusReport) -> None:
         """The pending migrations, those out of order apart."""
         late = {m.id for m in report.out_of_order}
         in_order = [m for m in report.pending if m.id not in late]
         if in_order:
-            self.out.print(Text("\nPending", style="bold"))
-            pending = Table.grid(padding=(0, 2))
-            for m in in_order:
-                pending.add_row(f"  {m.id}", m.description)
-            _print_table(self.out, pending)
+            self.out.print(styled("\nPending", "bold"))
+            self.out.lines(columns([(f"  {m.id}", m.description) for m in in_order]))
         if late:
             self.out.print(
-                Text("\nPending out of order (below the current version; ", style="bold")
-                + Text("up --allow-out-of-order", style="bold")
-                + Text(" applies them)", style="bold")
+                styled(
+                    "\nPending out of order (below the current version; "
+                    "up --allow-out-of-order applies them)",
+                    "bold",
+                )
             )
-            apart = Table.grid(padding=(0, 2))
-            for m in report.out_of_order:
-                apart.add_row(f"  {m.id}", m.description)
-            _print_table(self.out, apart)
+            self.out.lines(columns([(f"  {m.id}", m.description) for m in report.out_of_order]))
 
     def _status_json(self, report: StatusReport) -> dict[str, Any]:
         state = report.state
@@ -359,7 +356,7 @@ class Renderer:
             return
         head = "Would run" if dry_run else "Plan"
         self.say(
-            Text.assemble(
+            Styled(
                 (head, "bold"),
                 f" ({plan.command}, version {plan.from_version} -> {plan.to_version}):",
             )
@@ -406,7 +403,7 @@ class Renderer:
             )
             return
         self.say(
-            Text.assemble(
+            Styled(
                 ("Done:", "green"),
                 f" {len(report.steps)} step(s); version "
                 f"{report.from_version} -> {_version(report.to_version)}.",
@@ -429,7 +426,7 @@ class Renderer:
         if not records:
             self.say("No history recorded.")
             return
-        _print_table(self.out, _history_table(records, errors=True))
+        self.out.lines(_history_table(records, errors=True))
 
     def validation(self, report: ValidationReport) -> None:
         """Show `validate`."""
@@ -439,12 +436,10 @@ class Renderer:
         for check in report.checks:
             if check.ok and not self.verbose:
                 continue
-            mark = Text("ok  ", style="green") if check.ok else Text("FAIL", style="red")
-            self.out.print(f"{mark} {check.name}: {check.detail}")
+            mark = styled("ok  ", "green") if check.ok else styled("FAIL", "red")
+            self.out.print(Styled(mark, f" {check.name}: {check.detail}"))
         if not report.problems:
-            self.out.print(
-                Text.assemble(("Valid:", "green"), f" {len(report.checks)} checks passed.")
-            )
+            self.out.print(Styled(("Valid:", "green"), f" {len(report.checks)} checks passed."))
 
     def state_change(self, result: ForceCleanResult, *, dry_run: bool = False) -> None:
         """Show the result of force-clean, and what is left halfway after it."""
@@ -547,12 +542,10 @@ class Renderer:
         if not found:
             self.say(f"No backups in {where!s}.")
         else:
-            _print_table(self.out, _backup_table(found))
+            self.out.lines(_backup_table(found))
         if kept:
             self.say(
-                Text.assemble(
-                    ("\nDatabases kept by restores", "bold"), " (removed by `backup cleanup`)"
-                )
+                Styled(("\nDatabases kept by restores", "bold"), " (removed by `backup cleanup`)")
             )
             now = utc_now()
             for k in kept:
@@ -611,27 +604,27 @@ class Outlet:
         return getattr(self._stream, name)
 
 
-def _backup_table(found: Sequence[BackupInfo]) -> Table:
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    columns = ("id", "created (UTC)", "age", "version", "size", "mode", "description")
-    for column in columns:
-        table.add_column(column, no_wrap=column != "description")
+def _backup_table(found: Sequence[BackupInfo]) -> list[Styled]:
     now = utc_now()
+    rows: list[list[Cell]] = []
     for b in found:
         mode = "archive" if b.archive else b.mode
         if b.shares_live:
             mode += ", shares files"
         partly = "".join(f" (partly applied: {m})" for m in b.partial)
-        table.add_row(
-            b.id,
-            format_time(b.created_at).removesuffix(" UTC"),
-            format_age(now - b.created_at),
-            str(b.version),
-            format_bytes(b.size_bytes),
-            mode,
-            b.description + partly,
+        rows.append(
+            [
+                b.id,
+                format_time(b.created_at).removesuffix(" UTC"),
+                format_age(now - b.created_at),
+                str(b.version),
+                format_bytes(b.size_bytes),
+                mode,
+                b.description + partly,
+            ]
         )
-    return table
+    header = ("id", "created (UTC)", "age", "version", "size", "mode", "description")
+    return columns(rows, header=header, edge=1)
 
 
 def _after_force_clean(before: State, left: Reading) -> str:
@@ -662,32 +655,18 @@ def log_line(text: str) -> bool:
     return False when no bar is on screen (the caller prints it as usual)."""
     if not _LIVE:
         return False
-    _LIVE[0].print(Text(text))
+    from rich.text import Text
+
+    _LIVE[0].print(Text(printable(text)))
     return True
 
 
-def _print_table(console: Console, table: Table) -> None:
-    """Print a table without the spaces rich pads every line's last cell with."""
-    segments: list[Segment] = []
-    for line in console.render_lines(table, pad=False, new_lines=False):
-        while line and not line[-1].text.rstrip():
-            line.pop()
-        if line:
-            last = line[-1]
-            line[-1] = Segment(last.text.rstrip(), last.style, last.control)
-        segments.extend(line)
-        segments.append(Segment.line())
-    console.print(Segments(segments), soft_wrap=True)
+def _rich_console(stream: Any) -> Console:
+    """rich's console for a progress bar on `stream` (a terminal)."""
+    from rich.console import Console
 
-
-def _console(stream: Any) -> Console:
-    # Piped output is read by people later (logs, CI): wide enough that tables do not wrap.
-    width = None if stream.isatty() else 160
     # No markup: everything shown comes from a database or a file, and is shown as text.
-    # Styles are given as Text objects instead.
-    return Console(
-        file=stream, highlight=False, soft_wrap=True, width=width, markup=False, emoji=False
-    )
+    return Console(file=stream, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def _version(version: int) -> str:
@@ -702,28 +681,26 @@ def _last_run(state: State, last: HistoryRecord | None) -> str:
     return f"{what}{state.last_migration} at {format_time(state.last_migration_at)}"
 
 
-def _status(status: Status) -> Text:
+def _status(status: Status) -> Styled:
     color = {"clean": "green", "migrating": "yellow", "rollback": "yellow"}.get(status.value, "red")
-    return Text(status.value, style=color)
+    return styled(status.value, color)
 
 
-def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Table:
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    for column in ("#", "started (UTC)", "id", "kind", "result", "took"):
-        table.add_column(column, no_wrap=True)
+def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> list[Styled]:
+    header = ["#", "started (UTC)", "id", "kind", "result", "took"]
     if errors:
-        table.add_column("detail")
+        header.append("detail")
+    rows: list[list[Cell]] = []
     for r in records:
+        stopped = r.note and not r.error
         result = (
-            Text("ok", style="green")
+            styled("ok", "green")
             if r.success
-            else (
-                Text("stopped", style="yellow")
-                if r.note and not r.error
-                else Text("failed", style="red")
-            )
+            else styled("stopped", "yellow")
+            if stopped
+            else styled("failed", "red")
         )
-        row: list[str | Text] = [
+        row: list[Cell] = [
             str(r.seq),
             format_time(r.started_at).removesuffix(" UTC"),
             r.id,
@@ -733,5 +710,5 @@ def _history_table(records: Sequence[HistoryRecord], errors: bool = False) -> Ta
         ]
         if errors:
             row.append(printable(r.error or r.note or ""))
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    return columns(rows, header=header, edge=1)
