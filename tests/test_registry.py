@@ -191,6 +191,11 @@ def test_decorator_description_defaults_from_the_id() -> None:
     assert m.dependencies == ()
 
 
+def test_description_from_a_hyphenated_name_has_spaces_too() -> None:
+    m = Migration(id="1754917200_test-migration", up=lambda ctx: None)
+    assert m.description == "test migration"
+
+
 def test_decorator_duplicate_id() -> None:
     reg = Registry()
 

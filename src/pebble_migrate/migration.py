@@ -90,7 +90,8 @@ class Migration:
                     self.source,
                 )
         if not self.description:
-            object.__setattr__(self, "description", self.id.split("_", 1)[1].replace("_", " "))
+            name = self.id.split("_", 1)[1]
+            object.__setattr__(self, "description", name.replace("_", " ").replace("-", " "))
 
     @property
     def reversible(self) -> bool:

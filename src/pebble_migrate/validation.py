@@ -34,6 +34,9 @@ class Check:
     detail: str = ""
     way_out: str = ""
     """What to do when the check failed (empty: the report's general advice applies)."""
+    notice: bool = False
+    """Shown even when it passed: the operator asked for something this check could not do
+    (`validate ID` of a migration without a `validate` of its own)."""
 
 
 @dataclass
@@ -99,6 +102,17 @@ def validate(
             order = _applied_in_order(migrations, state)
             if chosen is not None:
                 _require_applied(chosen, state, cli)
+                checks.extend(
+                    Check(
+                        f"validate {mid}",
+                        True,
+                        "it has no validate() of its own, so none of its data was checked "
+                        "(the state checks ran as always)",
+                        notice=True,
+                    )
+                    for mid in sorted(chosen)
+                    if by_id.get(mid) is not None and by_id[mid].validate is None
+                )
             for m in (by_id[mid] for mid in order):
                 if chosen is None or m.id in chosen:
                     later = _applied_after(m.id, migrations, state)
@@ -262,12 +276,21 @@ def _state_checks(
         for dep in known[mid].dependencies
         if dep not in state.applied
     )
+    # A missing dependency below the current version is out of order: a plain `up`
+    # refuses it, so the advice names the flag that applies it.
+    below = any(
+        dep not in state.applied and dep in known and known[dep].version < state.current_version
+        for mid in state.applied
+        if mid in known
+        for dep in known[mid].dependencies
+    )
+    apply = "pebble-migrate up --allow-out-of-order" if below else "pebble-migrate up"
     checks.append(
         Check(
             "dependencies",
             not unmet,
             "; ".join(unmet) or "all met",
-            "Apply what is missing (`pebble-migrate up`), or roll back what needs it "
+            f"Apply what is missing (`{apply}`), or roll back what needs it "
             "(`pebble-migrate down VERSION`).",
         )
     )

@@ -605,6 +605,26 @@ def test_validate_runs_only_the_checks_of_the_migrations_named(checked: Path) ->
     assert "validate 1700000001_mark" not in other.stdout
 
 
+def test_validate_of_a_migration_without_a_check_says_nothing_of_it_was_checked(
+    checked: Path,
+) -> None:
+    assert run("up", *common(checked), cwd=checked).returncode == 0
+    before = snapshot(checked / "app.db")
+
+    named = run("validate", "1700000002", *common(checked), cwd=checked)
+
+    assert named.returncode == 0, named.stderr
+    line = "validate 1700000002_other: it has no validate() of its own, so none of its data"
+    assert line in named.stdout  # shown without -v: not a silent pass
+    assert "Valid: 7 checks passed." in named.stdout  # the notice is not counted as a check
+    as_json = json.loads(
+        run("validate", "1700000002", "--json", *common(checked), cwd=checked).stdout
+    )
+    notices = [c["name"] for c in as_json["checks"] if c["notice"]]
+    assert notices == ["validate 1700000002_other"]
+    assert snapshot(checked / "app.db") == before
+
+
 def test_a_failing_check_with_later_migrations_is_reported_as_maybe_stale(checked: Path) -> None:
     write_migration(checked / "migrations", "1700000002_other", RETAG)
     assert run("up", *common(checked), cwd=checked).returncode == 0

@@ -434,12 +434,13 @@ class Renderer:
             self.emit({"valid": not report.problems, "checks": report.checks})
             return
         for check in report.checks:
-            if check.ok and not self.verbose:
+            if check.ok and not self.verbose and not check.notice:
                 continue
             mark = styled("ok  ", "green") if check.ok else styled("FAIL", "red")
             self.out.print(Styled(mark, f" {check.name}: {check.detail}"))
         if not report.problems:
-            self.out.print(Styled(("Valid:", "green"), f" {len(report.checks)} checks passed."))
+            ran = sum(1 for check in report.checks if not check.notice)
+            self.out.print(Styled(("Valid:", "green"), f" {ran} checks passed."))
 
     def state_change(self, result: ForceCleanResult, *, dry_run: bool = False) -> None:
         """Show the result of force-clean, and what is left halfway after it."""
