@@ -174,7 +174,7 @@ class FilesystemError(StorageError):
     """Raised when a file operation outside RocksDB fails (an I/O error, a read-only or full
     filesystem, a quota); the message names the operation and the path."""
 
-    def __init__(self, operation: str, exc: OSError) -> None:
+    def __init__(self, operation: str, exc: OSError, *, database: bool = True) -> None:
         self.errno = exc.errno
         where = f" ({exc.filename})" if exc.filename else ""
         reason = exc.strerror or str(exc)
@@ -186,30 +186,39 @@ class FilesystemError(StorageError):
             hint = "The disk reported an I/O error: check it (the kernel log says more)"
         else:
             hint = "Check that path and its permissions"
+        # Only a command that works on a database has commits to keep and a status to show.
+        after = (
+            "; whatever it had committed is kept, and `pebble-migrate status` says where "
+            "things stand."
+            if database
+            else "."
+        )
         super().__init__(
             f"{operation} failed: {reason}{where}.",
-            hint=f"{hint}, then run the command again; whatever it had committed is kept, "
-            "and `pebble-migrate status` says where things stand.",
+            hint=f"{hint}, then run the command again{after}",
         )
 
 
 @contextlib.contextmanager
-def filesystem_errors(operation: str) -> Iterator[None]:
-    """Turn an OSError raised in the block into a FilesystemError naming `operation`."""
+def filesystem_errors(operation: str, *, database: bool = True) -> Iterator[None]:
+    """Turn an OSError raised in the block into a FilesystemError naming `operation`
+    (`database=False`: an operation on no database, such as `create`)."""
     try:
         yield
     except OSError as exc:
-        raise FilesystemError(operation, exc) from exc
+        raise FilesystemError(operation, exc, database=database) from exc
 
 
-def reports_filesystem_errors(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def reports_filesystem_errors(
+    operation: str, *, database: bool = True
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a public verb so that a failing file operation inside it is a
     FilesystemError naming the verb, never a bare OSError."""
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def verb(*args: P.args, **kwargs: P.kwargs) -> R:
-            with filesystem_errors(operation):
+            with filesystem_errors(operation, database=database):
                 return fn(*args, **kwargs)
 
         return verb

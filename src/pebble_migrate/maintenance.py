@@ -14,7 +14,7 @@ from pebble_migrate.commands import Aborted, Confirm, always, opened
 from pebble_migrate.cursor import run_records
 from pebble_migrate.errors import NotCleanError, UsageError, reports_filesystem_errors
 from pebble_migrate.faults import kill_point
-from pebble_migrate.migration import is_valid_name, parse_id
+from pebble_migrate.migration import MAX_ID_LENGTH, is_valid_name, parse_id
 from pebble_migrate.registry import Registry
 from pebble_migrate.state import HistoryRecord, State, Status, new_state
 from pebble_migrate.units import utc_now
@@ -241,7 +241,7 @@ def repair(
         return RepairReport(missing, fix)
 
 
-@reports_filesystem_errors("create")
+@reports_filesystem_errors("create", database=False)
 def create(
     directory: str | Path, name: str, *, now: datetime | None = None, dry_run: bool = False
 ) -> Path:
@@ -259,6 +259,13 @@ def create(
     taken = {p.stem.split("_", 1)[0] for p in root.glob("*.py")}
     while str(stamp) in taken:
         stamp += 1  # versions must be unique; two files in the same second get consecutive ones
+    longest = MAX_ID_LENGTH - len(str(stamp)) - 1
+    if len(name) > longest:
+        raise UsageError(
+            f"migration name too long: {len(name)} characters, at most {longest} (an id, "
+            f"its timestamp included, is at most {MAX_ID_LENGTH} characters).",
+            hint="Nothing was written. Choose a shorter name; the docstring can say more.",
+        )
     path = root / f"{stamp}_{name}.py"
     if dry_run:
         return path

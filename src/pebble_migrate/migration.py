@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 MIN_VERSION = 946684800  # 2000-01-01T00:00:00Z
 MAX_VERSION = 4102444800  # 2100-01-01T00:00:00Z
+MAX_ID_LENGTH = 200
+"""The longest id: what a history record holds (and a file name of it fits any filesystem)."""
 
 _ID = re.compile(r"^([0-9]+)_([A-Za-z0-9_-]+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -26,6 +28,13 @@ def parse_id(migration_id: str, source: str | None = None) -> int:
     """Return the version (timestamp) in a migration id, or raise InvalidMigrationId."""
     if not isinstance(migration_id, str):
         raise InvalidMigrationId(repr(migration_id), "an id must be a string", source)
+    if len(migration_id) > MAX_ID_LENGTH:
+        raise InvalidMigrationId(
+            f"{migration_id[:40]}...",
+            f"an id is at most {MAX_ID_LENGTH} characters (the history keeps it whole); "
+            f"this one has {len(migration_id)}: choose a shorter name",
+            source,
+        )
     match = _ID.fullmatch(migration_id)
     if match is None:
         raise InvalidMigrationId(

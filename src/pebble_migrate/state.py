@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -13,7 +13,7 @@ from typing import Any
 import rocksdict
 
 from pebble_migrate import store
-from pebble_migrate.errors import CorruptStateError, MigrateError, NewerStateFormat
+from pebble_migrate.errors import CorruptStateError, MigrateError, NewerStateFormat, StateError
 
 FORMAT = 1
 META_KEY = b"meta"
@@ -215,7 +215,7 @@ class StateStore:
 
     def stage_state(self, batch: rocksdict.WriteBatch, state: State) -> None:
         """Add the write of `state` to `batch`."""
-        batch.put(META_KEY, _dumps(encode_state(state)), self.handle())
+        batch.put(META_KEY, _dumps(_readable(encode_state(state), decode_state)), self.handle())
 
     def stage_history(
         self, batch: rocksdict.WriteBatch, state: State, record: HistoryRecord
@@ -228,7 +228,8 @@ class StateStore:
         """
         seq = max(state.history_count, self._last_seq()) + 1
         record = replace(record, seq=seq)
-        batch.put(HISTORY_PREFIX + b"%012d" % seq, _dumps(encode_history(record)), self.handle())
+        encoded = _readable(encode_history(record), decode_history)
+        batch.put(HISTORY_PREFIX + b"%012d" % seq, _dumps(encoded), self.handle())
         return state.evolve(history_count=seq)
 
     def _last_seq(self) -> int:
@@ -294,6 +295,40 @@ def read_state(db: rocksdict.Rdict) -> State:
 # --- encoding ---------------------------------------------------------------------
 
 
+def _readable(encoded: dict[str, Any], decode: Callable[[Any], Any]) -> dict[str, Any]:
+    """Return `encoded` once its decoder has read it back: a record this tool could not
+    read would lock every command out of the database, so it is refused before it is
+    written (a StateError, nothing committed) rather than found damaged afterwards."""
+    try:
+        decode(encoded)
+    except CorruptStateError as exc:
+        raise StateError(
+            f"refusing to write a state record that could not be read back: {exc.message}",
+            hint="Nothing was written by this step. This is a bug in pebble-migrate: please "
+            "report it with the message above.",
+        ) from None
+    return encoded
+
+
+def _shortened(text: str | None, limit: int) -> str | None:
+    """`text` cut to at most `limit` characters, saying how long it was (errors and
+    docstrings can be any length; the records that keep them are bounded)."""
+    return None if text is None else _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    tail = f" ... [shortened: {len(text):,} characters]"
+    return text[: limit - len(tail)] + tail
+
+
+WRITTEN_TEXT_MAX = 10_000
+"""The longest error or note a record keeps (the reader accepts up to `_TEXT_MAX`)."""
+WRITTEN_DESCRIPTION_MAX = 2_000
+"""The longest description a history record keeps (the reader accepts up to 10,000)."""
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
@@ -345,9 +380,9 @@ def encode_state(state: State) -> dict[str, Any]:
             "kind": progress.kind,
             "started_at": _iso(progress.started_at),
             "resumable": progress.resumable,
-            "note": progress.note,
+            "note": _shortened(progress.note, WRITTEN_TEXT_MAX),
         },
-        "last_error": state.last_error,
+        "last_error": _shortened(state.last_error, WRITTEN_TEXT_MAX),
         "history_count": state.history_count,
     }
 
@@ -451,7 +486,16 @@ def _text(value: Any, field_name: str, limit: int = _TEXT_MAX) -> str:
 
 
 def _opt_text(value: Any, field_name: str) -> str | None:
-    return None if value is None else _text(value, field_name)
+    return None if value is None else _prose(value, field_name)
+
+
+def _prose(value: Any, field_name: str, limit: int = _TEXT_MAX) -> str:
+    """Free text (an error, a note, a description): one too long is shortened, not
+    refused. Its length harms nothing once read, and refusing it would lock every
+    command out of the database (records written before writers bounded their texts)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name}: expected text, found {value!r:.60}")
+    return _cut(value, limit)
 
 
 def _database_id(value: Any) -> str | None:
@@ -484,13 +528,13 @@ def encode_history(record: HistoryRecord) -> dict[str, Any]:
     return {
         "seq": record.seq,
         "id": record.id,
-        "description": record.description,
+        "description": _shortened(record.description, WRITTEN_DESCRIPTION_MAX),
         "kind": record.kind,
         "started_at": _iso(record.started_at),
         "duration_s": round(record.duration_s, 6),
         "success": record.success,
-        "error": record.error,
-        "note": record.note,
+        "error": _shortened(record.error, WRITTEN_TEXT_MAX),
+        "note": _shortened(record.note, WRITTEN_TEXT_MAX),
     }
 
 
@@ -517,7 +561,7 @@ def decode_history(data: Any, key: str = "history") -> HistoryRecord:
         return HistoryRecord(
             seq=_count(data["seq"], "seq"),
             id=mid,
-            description=_text(data["description"], "description", 10_000),
+            description=_prose(data["description"], "description", 10_000),
             kind=kind,
             started_at=_time(data["started_at"]) or datetime.now(UTC),
             duration_s=float(duration),
