@@ -325,6 +325,17 @@ def down(
         reading = transitions.read(state, records, {m.id: m for m in migrations})
         transitions.decide(reading, "down", opts.cli_name)
         partial = _partly_applied(state, records)
+        if steps is not None and steps > 1 and reading.rollback_to is not None:
+            # Steps count from where things stand: after an interrupted `down --steps N`,
+            # the same command again would roll back more than N in all.
+            raise NotCleanError(
+                f"the rollback of {reading.migration_id} was left halfway, and --steps "
+                "counts from where things stand: run again after an interruption, "
+                f"`down --steps {steps}` would roll back {steps} more, that one included.",
+                hint=f"Nothing was changed. Finish that rollback first with "
+                f"`{opts.cli_name} down {reading.rollback_to}` (the same as `down --steps 1`); "
+                "then ask for more steps if you want them.",
+            )
         if steps is not None:
             # A migration left failed or partly applied is the newest step: `--steps 1`
             # undoes it (or clears its failure), not also the good one below it.

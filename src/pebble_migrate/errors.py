@@ -165,8 +165,9 @@ class DiskFullError(StorageError):
             f"the disk holding {path} is full{where}: {detail}",
             hint=hint
             or "Free some space, then run `pebble-migrate status`: it says how to go on "
-            "(committed work is kept, and an interrupted `up` or `down` continues where it "
-            "stopped when run again).",
+            "(committed work is kept; an interrupted `up` continues where it stopped when run "
+            "again, and an interrupted rollback is finished by the `down VERSION` that "
+            "status names).",
         )
 
 

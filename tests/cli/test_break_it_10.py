@@ -7,10 +7,13 @@ clone) found, each pinned by a test through a real process.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from pebble_migrate.testing import create_database
-from tests.cli.test_operator import common, run
+from tests.cli.test_operator import IDS, PAUSING_DOWN, common, run, values
 from tests.conftest import snapshot, write_migration
 
 # --- texts too long for the records that keep them ------------------------------------------
@@ -86,3 +89,42 @@ def test_a_huge_docstring_is_kept_shortened_in_the_history(tmp_path: Path) -> No
     (record,) = [r for r in json.loads(shown.stdout)["history"] if r["kind"] == "apply"]
     assert len(record["description"]) <= 2_000 and "shortened" in record["description"]
     assert run("status", *where, cwd=tmp_path).returncode == 0
+
+
+# --- down --steps after an interrupted rollback ---------------------------------------------
+
+
+def _interrupt_the_rollback_of_the_third(project: Path, steps: str) -> None:
+    write_migration(project / "migrations", IDS[2], PAUSING_DOWN)
+    assert run("up", *common(project), cwd=project).returncode == 0
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "down", "--steps", steps, "--yes",
+         "--no-backup", "--chunk-records", "2", *common(project)],
+        cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "midway"
+    child.send_signal(signal.SIGINT)
+    child.stdin.write("\n")
+    child.stdin.close()
+    assert child.wait(timeout=60) == 130
+
+
+def test_down_steps_again_after_an_interrupted_rollback_is_refused_not_more_steps(
+    project: Path,
+) -> None:
+    _interrupt_the_rollback_of_the_third(project, "2")
+    before = snapshot(project / "app.db")
+
+    again = run("down", "--steps", "2", "--yes", "--no-backup", *common(project), cwd=project)
+
+    assert again.returncode == 4, again.stderr
+    said = " ".join(again.stderr.split())
+    assert "the rollback of 1700000003_third was left halfway" in said
+    assert "`pebble-migrate down 1700000002` (the same as `down --steps 1`)" in said
+    assert snapshot(project / "app.db") == before
+    # The way out it names finishes exactly that one rollback.
+    one = run("down", "--steps", "1", "--yes", "--no-backup", *common(project), cwd=project)
+    assert one.returncode == 0, one.stderr
+    assert values(project) == {b"vab"}
