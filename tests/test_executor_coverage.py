@@ -17,7 +17,7 @@ import pytest
 
 from pebble_migrate import ChunkPolicy, MigrationFailed, MigrationInterrupted, Status, commands
 from pebble_migrate.commands import RunOptions
-from pebble_migrate.errors import StateError
+from pebble_migrate.errors import NotCleanError, StateError
 from pebble_migrate.executor import Executor, run_records
 from pebble_migrate.plan import Plan, Step
 from pebble_migrate.state import State, StateStore
@@ -112,6 +112,18 @@ def test_a_signal_to_a_migration_that_wrote_outside_ctx_says_it_cannot_resume(
     last = commands.history(users_db)[-1]
     assert (last.success, last.note) == (False, "interrupted before its work was committed")
     assert contents(users_db)["default"][b"direct"] == b"1"
+    # What force-clean then up really does is said, not "runs again from its start"; the
+    # refusal of a plain `up` says the same (and names the restart from the start).
+    said = " ".join(hint.split())
+    assert "goes on after the last key it committed" in said and "up --from-start" in said
+    before = contents(users_db)
+    with pytest.raises(NotCleanError) as refused:
+        commands.up(users_db, registry_of(migration(FIRST, up=direct)), options=_signals())
+    way_out = " ".join((refused.value.hint or "").split())
+    assert f"goes on after the last key {FIRST} committed" in way_out
+    assert "`up --from-start` instead runs it again over everything" in way_out
+    assert "from its start" not in way_out
+    assert contents(users_db) == before
 
 
 def test_a_kept_ctx_db_of_an_earlier_step_marks_the_running_step_unresumable_once(

@@ -154,8 +154,25 @@ def backup_dir_for(db_path: str | Path, configured: str | Path | None = None) ->
     """Return the backup directory: the configured one, or `<db>.backups` beside the
     resolved database path."""
     if configured is not None:
-        return Path(configured)
+        root = Path(configured)
+        if str(db_path):
+            _refuse_inside_the_database(root, resolve_database(db_path))
+        return root
     return default_backup_dir(resolve_database(db_path))
+
+
+def _refuse_inside_the_database(root: Path, db: Path) -> None:
+    """A backup directory inside the database directory would go with it: a restore
+    replaces that directory whole, and RocksDB may treat unknown files there as its own."""
+    real = Path(os.path.realpath(os.path.expanduser(os.fspath(root))))
+    if real == db or db in real.parents:
+        raise UsageError(
+            f"the backup directory {root} is inside the database directory {db}: a restore "
+            "replaces that directory, and every backup in it would go with it.",
+            hint=f"Nothing was changed. Choose a backup directory outside the database "
+            f"(--backup-dir, $PEBBLE_MIGRATE_BACKUP_DIR or `backup-dir` in pyproject.toml), "
+            f"or leave it unset for the default, {default_backup_dir(db)}.",
+        )
 
 
 def describe_trigger(plan: Plan) -> str:

@@ -89,6 +89,11 @@ def load_project_config(start: Path | None = None) -> ProjectConfig:
             return None
         if not isinstance(value, str):
             raise UsageError(f"{path}: [tool.pebble-migrate] {key} must be a string")
+        if not value:
+            # Would name the project's own directory: refused, not guessed at.
+            raise UsageError(
+                f"{path}: [tool.pebble-migrate] {key} is empty; give a path, or remove the key"
+            )
         return str(base / value)
 
     keep = table.get("backup-keep")

@@ -108,12 +108,15 @@ class DatabaseNotFound(DatabaseError):
 class NotADatabase(DatabaseError):
     """Raised when the path is a file, or a directory that is not a RocksDB database."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, empty: bool = False) -> None:
         self.path = path
+        # An empty directory is where `up --create` makes a new database.
+        create = f"; to create a new database there, run `pebble-migrate up --create -d {path}`"
         super().__init__(
             f"{path} is not a usable RocksDB database: {reason}.",
-            hint="Nothing was changed. Check the path, or restore a backup "
-            "(`pebble-migrate backup list -d PATH`).",
+            hint="Nothing was changed. Check the path"
+            + (create if empty else ", or restore a backup (`pebble-migrate backup list -d PATH`)")
+            + ".",
         )
 
 
@@ -485,6 +488,19 @@ class MigrationInterrupted(MigrateError):
         self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
         self.note: str | None = None
         super().__init__(message, hint=hint)
+
+
+class PromptInterrupted(MigrateError):
+    """Raised when Ctrl+C answered a confirmation prompt: nothing had been attempted."""
+
+    expected = True
+    exit_code = EXIT_SIGINT
+
+    def __init__(self) -> None:
+        super().__init__(
+            "interrupted at the confirmation prompt; nothing was changed.",
+            hint="Run the command again to answer, or add --yes to answer yes beforehand.",
+        )
 
 
 def release_frames(exc: BaseException) -> None:

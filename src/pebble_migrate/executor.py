@@ -534,9 +534,11 @@ class Executor:
             return f"The status stays `migrating`. Run `{cli} up` to continue where it stopped."
         return (
             f"The status stays `migrating`, and {step.id} wrote outside ctx, so it cannot "
-            f"resume by itself. See `{cli} status --verbose`, then `{cli} force-clean` and "
-            f"`{cli} up` if it is safe to run again (mark it `rerunnable = True` if it always "
-            f"is), or restore a backup (`{cli} backup list`)."
+            f"resume by itself. See `{cli} status --verbose`. `{cli} force-clean`, then "
+            f"`{cli} up`, goes on after the last key it committed and runs again what it "
+            "wrote outside ctx since: do it if that is safe (mark it `rerunnable = True` if "
+            "it always is); `up --from-start` instead runs it again over everything. Or "
+            f"restore a backup (`{cli} backup list`)."
         )
 
     def _code_changed_hint(self, step: Step) -> str:

@@ -46,7 +46,7 @@ def check_database_dir(path: Path) -> None:
         if rocks:
             raise NotADatabase(str(path), "its CURRENT file is missing, so it looks damaged")
         if not any(path.iterdir()):
-            raise NotADatabase(str(path), "the directory is empty")
+            raise NotADatabase(str(path), "the directory is empty", empty=True)
         raise NotADatabase(str(path), "it holds no RocksDB files (no CURRENT)")
     manifest = current.read_text(errors="replace").strip()
     if not _MANIFEST.match(manifest) or not (path / manifest).is_file():
@@ -341,7 +341,28 @@ def translate(  # noqa: PLR0911 - one return per kind of RocksDB error
             f"the database at {where} was closed while pebble-migrate was using it.",
             hint="Keep the database open until the call returns.",
         )
-    return StorageError(f"RocksDB error on {where}: {text}")
+    return StorageError(f"RocksDB error on {where}: {text}", hint=_storage_hint(text, exc))
+
+
+def _storage_hint(text: str, exc: BaseException) -> str:
+    """What to do about an I/O error RocksDB reported (its message carries the OS's)."""
+    code = getattr(exc, "errno", None)
+    if "Read-only file system" in text or code == errno.EROFS:
+        return (
+            "The filesystem holding the database is read-only: remount it read-write, or "
+            "copy the database somewhere writable, then run the command again. Nothing was "
+            "changed; status, history and validate work on it as it is."
+        )
+    if "Permission denied" in text or code == errno.EACCES:
+        return (
+            "The user running pebble-migrate cannot write there: check the owner and the "
+            "permissions of the database directory and its files, then run the command again."
+        )
+    return (
+        "Check the path, its permissions and the disk (the kernel log says more about I/O "
+        "errors), then run the command again; what was committed before the error is kept, "
+        "and `pebble-migrate status` says where things stand."
+    )
 
 
 def _settings_damaged(where: str, text: str) -> MigrateError:

@@ -265,9 +265,11 @@ def _way_out(reading: Reading, cli: str) -> str:
     if s in (Situation.MIGRATING, Situation.PARTLY_APPLIED):
         return f"Nothing was changed. Run `{cli} up` to continue {mid} first."
     return (
-        f"Nothing was changed. Check with `{cli} status --verbose` and `{cli} validate`. If "
-        f"{mid} is safe to run again from its start (mark it `rerunnable = True` if it "
-        f"always is): `{cli} force-clean`, then `{cli} up`. Or restore a backup: "
+        f"Nothing was changed. Check with `{cli} status --verbose` and `{cli} validate`. "
+        f"`{cli} force-clean`, then `{cli} up`, goes on after the last key {mid} committed, "
+        "and runs again whatever it wrote outside ctx since that commit: do it if that is "
+        "safe (mark the migration `rerunnable = True` if it always is); `up --from-start` "
+        "instead runs it again over everything. Or restore a backup: "
         f"`{cli} backup list`, then `{cli} backup restore ID --force`."
     )
 

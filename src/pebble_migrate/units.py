@@ -25,7 +25,16 @@ def parse_age(text: str) -> timedelta:
         raise ValueError(
             f"cannot read {text!r} as an age; use a number and a unit, like 30d, 24h, 2w"
         )
-    return timedelta(seconds=int(match.group(1)) * _AGE_UNITS[match.group(2)])
+    digits = match.group(1)
+    # Anything past a century is a slip of the keyboard (and past what a datetime can
+    # subtract); the digit count keeps int() from parsing thousands of them.
+    seconds = int(digits) * _AGE_UNITS[match.group(2)] if len(digits) <= 12 else None
+    if seconds is None or seconds > _AGE_MAX_S:
+        raise ValueError(f"{text[:40]!r} is more than 100 years; use a shorter age, like 365d")
+    return timedelta(seconds=seconds)
+
+
+_AGE_MAX_S = 100 * 366 * 86400
 
 
 def format_age(delta: timedelta) -> str:

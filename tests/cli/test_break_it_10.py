@@ -7,14 +7,17 @@ clone) found, each pinned by a test through a real process.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from pebble_migrate.testing import create_database
-from tests.cli.test_operator import IDS, PAUSING_DOWN, common, run, values
-from tests.conftest import snapshot, write_migration
+from tests.cli.test_operator import BODY, IDS, PAUSING_DOWN, common, run, values
+from tests.conftest import snapshot, tmpfs, write_migration
 
 # --- texts too long for the records that keep them ------------------------------------------
 
@@ -128,3 +131,189 @@ def test_down_steps_again_after_an_interrupted_rollback_is_refused_not_more_step
     one = run("down", "--steps", "1", "--yes", "--no-backup", *common(project), cwd=project)
     assert one.returncode == 0, one.stderr
     assert values(project) == {b"vab"}
+
+
+# --- errors that say what to do next ----------------------------------------------------------
+
+
+def test_writing_commands_on_a_read_only_filesystem_say_what_to_do(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", "16m") as mount:
+        create_database(mount / "app.db", {b"k:%02d" % i: b"v" for i in range(20)})
+        (mount / "migrations").mkdir()
+        for mid, tag in zip(IDS, "abc", strict=True):
+            write_migration(mount / "migrations", mid, BODY.format(tag=tag))
+        assert run("up", IDS[0], *common(mount), cwd=tmp_path).returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        try:
+            before = snapshot(mount / "app.db")
+            for command in (["up"], ["down", "--steps", "1", "--yes"], ["stamp", IDS[1], "--yes"]):
+                refused = run(*command, *common(mount), cwd=tmp_path)
+                said = " ".join(refused.stderr.split())
+                assert refused.returncode == 1, (command, refused.stderr)
+                assert "Read-only file system" in said
+                assert "remount it read-write, or copy the database somewhere writable" in said
+                assert "Traceback" not in said
+            assert run("status", *common(mount), cwd=tmp_path).returncode == 0
+            assert snapshot(mount / "app.db") == before
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+
+
+def test_create_on_a_read_only_filesystem_does_not_talk_of_a_database(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", "1m") as mount:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        try:
+            refused = run("create", "add_users", "-m", str(mount / "migrations"), cwd=tmp_path)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1, refused.stderr
+    assert "The filesystem is read-only: mount it read-write, then run the command again." in said
+    assert "committed" not in said and "status" not in said
+
+
+# --- confirmation prompts on a real terminal ----------------------------------------------------
+
+
+def _until_reading_stdin(pid: int) -> None:
+    """Return once process `pid` is blocked in read(2) on its standard input (the kernel's
+    /proc/PID/syscall: number 0 on x86-64, first argument 0): a signal sent before it got
+    there would be noted and then wait, as a signal can, until the read returns."""
+    for _ in range(100_000):
+        with open(f"/proc/{pid}/syscall") as call:
+            fields = call.read().split()
+        if fields[:2] == ["0", "0x0"]:
+            return
+        select.select([], [], [], 0.001)  # let it run; the check above is what waits
+    raise AssertionError(f"process {pid} never waited for input")
+
+
+def _at_the_prompt(project: Path, answer: bytes | None) -> tuple[int, str]:
+    """Run `stamp` on a pseudo-terminal, wait for its question, then type `answer` (or,
+    for None, send SIGINT as Ctrl+C would); return the exit code and what was shown."""
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "stamp", IDS[1], *common(project)],
+        cwd=project, stdin=follower, stdout=follower, stderr=follower,
+        env={**os.environ, "TERM": "dumb"},
+        # As an interactive shell starts it: Ctrl+C interrupts (a suite run in the
+        # background would hand SIGINT down ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - the suite starts no threads
+    )  # fmt: skip
+    os.close(follower)
+    shown = bytearray()
+    while b"[y/N]: " not in shown:
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, shown
+        shown += os.read(leader, 4096)
+    if answer is None:
+        _until_reading_stdin(child.pid)  # a person's Ctrl+C comes while it waits
+        child.send_signal(signal.SIGINT)
+    else:
+        os.write(leader, answer)
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        try:
+            chunk = os.read(leader, 4096) if ready else b""
+        except OSError:  # EIO: the child has gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return child.wait(timeout=60), shown.decode("utf-8", "replace")
+
+
+def test_end_of_input_at_a_prompt_is_a_no_and_ctrl_c_says_nothing_was_changed(
+    project: Path,
+) -> None:
+    before = snapshot(project / "app.db")
+
+    code, shown = _at_the_prompt(project, b"\x04")  # Ctrl+D at the start of the line
+    assert code == 1, shown
+    assert "[y/N]: \r\nError: aborted; nothing was changed." in shown
+
+    code, shown = _at_the_prompt(project, None)
+    assert code == 130, shown
+    assert "\r\nError: interrupted at the confirmation prompt; nothing was changed." in shown
+    assert "made whole or not at all" not in shown
+    assert snapshot(project / "app.db") == before
+
+
+# --- settings that would act on the wrong place -------------------------------------------------
+
+
+def test_a_backup_directory_inside_the_database_is_refused_from_every_source(
+    project: Path,
+) -> None:
+    assert run("up", IDS[0], *common(project), cwd=project).returncode == 0
+    before = snapshot(project / "app.db")
+    inside = str(project / "app.db" / "bk")
+    (project / "pyproject.toml").write_text('[tool.pebble-migrate]\nbackup-dir = "app.db/bk"\n')
+    for how, env in (
+        (["--backup-dir", inside], {}),
+        ([], {"PEBBLE_MIGRATE_BACKUP_DIR": inside}),
+        ([], {}),  # the pyproject.toml
+    ):
+        for command in (["backup", "create", "one"], ["up", "--yes"], ["backup", "list"]):
+            refused = run(*command, *how, *common(project), cwd=project, env=env)
+            said = " ".join(refused.stderr.split())
+            assert refused.returncode == 2, (command, how, env, refused.stderr)
+            assert "is inside the database directory" in said
+            assert f"the default, {project / 'app.db.backups'}" in said
+            assert snapshot(project / "app.db") == before
+    assert not (project / "app.db" / "bk").exists()
+
+
+def test_an_age_past_a_century_is_a_usage_error_from_the_flag_and_the_file(
+    project: Path,
+) -> None:
+    refused = run("backup", "cleanup", "--older-than", "99999999999d", "-n", "--json",
+                  *common(project), cwd=project)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "--older-than: '99999999999d' is more than 100 years" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads(refused.stdout)["error"]["exit_code"] == 2
+    (project / "pyproject.toml").write_text(
+        '[tool.pebble-migrate]\nbackup-older-than = "99999999999999999999d"\n'
+    )
+    status = run("status", *common(project), cwd=project)
+    assert status.returncode == 2 and "backup-older-than must be like" in status.stderr
+    assert "Traceback" not in status.stderr
+
+
+def test_an_empty_path_is_refused_naming_its_source_not_passed_over(project: Path) -> None:
+    assert run("up", IDS[0], *common(project), cwd=project).returncode == 0
+    before = snapshot(project / "app.db")
+    env = {"PEBBLE_MIGRATE_DATABASE": str(project / "app.db")}
+    cases = (
+        (["-d", "", "down", "--steps", "1", "--yes"], env,
+         "the path given by -d/--database is empty"),
+        (["down", "--steps", "1", "--yes"], {"PEBBLE_MIGRATE_DATABASE": ""},
+         "the path given by $PEBBLE_MIGRATE_DATABASE is empty"),
+        (["backup", "list", "-d", "app.db", "--backup-dir", ""], {},
+         "the path given by --backup-dir is empty"),
+    )  # fmt: skip
+    for args, extra, message in cases:
+        refused = run(*args, cwd=project, env=extra)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert message in refused.stderr
+        assert snapshot(project / "app.db") == before
+    for key in ("database", "backup-dir"):
+        (project / "pyproject.toml").write_text(f'[tool.pebble-migrate]\n{key} = ""\n')
+        refused = run("status", "-d", "app.db", cwd=project)
+        assert refused.returncode == 2, refused.stderr
+        assert f"[tool.pebble-migrate] {key} is empty" in refused.stderr
+
+
+def test_stamp_on_an_empty_directory_names_up_create(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "migrations").mkdir()
+    write_migration(tmp_path / "migrations", IDS[0], "def up(ctx):\n    pass\n")
+
+    refused = run("stamp", IDS[0], "--yes", "-d", "empty", "-m", "migrations", cwd=tmp_path)
+
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())
+    assert f"run `pebble-migrate up --create -d {tmp_path / 'empty'}`" in said
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pebble_migrate.errors import ConfirmationRequired, UsageError
+from pebble_migrate.errors import ConfirmationRequired, PromptInterrupted, UsageError
 
 if TYPE_CHECKING:
     from pebble_migrate.config import ProjectConfig
@@ -60,7 +60,15 @@ class Settings:
             (os.environ.get(env), f"${env}"),
             (project, f"`{key}` in {self.project.source}"),
         ):
-            if value:
+            if value is not None:
+                if not value:
+                    # `-d "$DB"` with DB unset: going on to the next source would act on
+                    # another database than the one the script meant.
+                    raise UsageError(
+                        f"the path given by {source} is empty.",
+                        hint=f"Nothing was changed. Give a path with {source}, or leave it "
+                        "out (unset it) to use the next place a path can come from.",
+                    )
                 if "\0" in value:
                     raise UsageError(
                         f"the path given by {source} contains a NUL character, which no "
@@ -246,6 +254,35 @@ def confirmer(yes: bool, *, destructive: bool, flag: str = "--yes") -> Callable[
             if destructive:
                 raise ConfirmationRequired(question, flag)
             return True
-        return click.confirm(question, default=False, err=True)
+        return ask(question)
 
     return confirm
+
+
+def ask(question: str) -> bool:
+    """Ask `question` on stderr and read the answer: yes only for y/yes. End of input
+    (Ctrl+D) is a no, so the command is aborted (exit 1); Ctrl+C ends the line and
+    raises PromptInterrupted (exit 130), since nothing was attempted yet."""
+    import contextlib
+
+    from click import termui
+
+    from pebble_migrate.units import printable
+
+    while True:
+        try:
+            # click's line reader (what CliRunner feeds in tests), its prompt on stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                answer = termui.visible_prompt_func(f"{printable(question)} [y/N]: ")
+        except EOFError:
+            sys.stderr.write("\n")
+            return False
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise PromptInterrupted from None
+        answer = answer.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("", "n", "no"):
+            return False
+        sys.stderr.write("Please answer y or n.\n")
