@@ -7,6 +7,7 @@ import io
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,51 @@ def test_a_long_error_in_history_stays_on_one_line(tmp_path: Path) -> None:
     shown = cli("history").stdout
     (row,) = [line for line in shown.splitlines() if "1700000001_fails" in line]
     assert reason.strip() in row and len(row) > 300
+
+
+def test_ctrl_c_takes_the_bar_off_the_screen_before_the_interruption_message(
+    tmp_path: Path,
+) -> None:
+    create_database(tmp_path / "app.db", {b"s:%05d" % i: b"v" for i in range(3000)})
+    (tmp_path / "migrations").mkdir()
+    write_migration(
+        tmp_path / "migrations",
+        "1700000001_slow",
+        "import time\n"
+        "def up(ctx):\n"
+        "    for key, value in ctx.scan(prefix=b's:'):\n"
+        "        time.sleep(0.001)  # the workload: a slow transform\n"
+        "        ctx.put(key, value + b'!')\n",
+    )
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "up", "-y", "-d", "app.db", "-m", "migrations",
+         "--chunk-records", "100"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+    )  # fmt: skip
+    os.close(follower)
+    shown = bytearray()
+    bar = "━".encode()
+    while bar not in shown or b"/3000" not in shown[shown.find(bar) :]:
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, shown
+        shown += os.read(leader, 65536)
+    child.send_signal(signal.SIGINT)
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # EIO: the child has gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=60) == 130
+    text = shown.decode("utf-8", "replace")
+    message = text.index("interrupted at b's:")
+    after_the_bar = text[text.rindex("━", 0, message) : message]
+    # rich erases the bar's line (cursor up, erase line) instead of leaving its last,
+    # stale count above the message.
+    assert "\x1b[1A\x1b[2K" in after_the_bar

@@ -102,7 +102,7 @@ class Renderer:
 
     def error(self, exc: MigrateError) -> None:
         """Print `Error: ...` (and a JSON error object in JSON mode)."""
-        self.stop_progress()
+        self.stop_progress(clear=True)
         name_the_cli(exc, self.cli_name)
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
@@ -141,7 +141,7 @@ class Renderer:
             return
         self._flush_progress(event.migration_id or "")
         if event.kind in ("interrupted", "step_failed"):
-            self.stop_progress()  # the bar goes before the message, not through it
+            self.stop_progress(clear=True)  # the bar goes before the message
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
@@ -202,9 +202,12 @@ class Renderer:
         if not self._tasks:
             self.stop_progress()
 
-    def stop_progress(self) -> None:
-        """Stop the live progress display, if any."""
+    def stop_progress(self, *, clear: bool = False) -> None:
+        """Stop the live progress display, if any; with `clear`, take the bar off the
+        screen (its count would be stale under the message that follows)."""
         if self._progress is not None:
+            if clear:
+                self._progress.live.transient = True
             self._progress.stop()
             self._progress = None
             self.err.live = None
