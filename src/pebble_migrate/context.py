@@ -529,7 +529,10 @@ class MigrationContext:
 
         Read from the suspended scan generator itself, so the hot loop pays nothing for it.
         """
-        left: tuple[str, Any, Any] | None = self._left  # the loop was unwound by the error
+        # A loop already closed: unwound by the error (the usual way here), or left by a
+        # `break` before the error came. Either way the scan stopped at that key.
+        left: tuple[str, Any, Any] | None = self._left
+        at = "stopped at key"
         for ref in reversed(self._scans):
             scan = ref()
             if scan is None or inspect.getgeneratorstate(scan) != inspect.GEN_SUSPENDED:
@@ -537,12 +540,12 @@ class MigrationContext:
             found = scan.gi_frame.f_locals  # a loop still open (its iterator kept alive)
             cursor, key = found.get("cursor"), found.get("prev", _NONE)
             if isinstance(cursor, ScanCursor) and key is not _NONE:
-                left = (cursor.name, key, cursor.after)
+                left, at = (cursor.name, key, cursor.after), "at key"
                 break
         if left is None or left[1] is _NONE:
             return None
         name, key, committed = left
-        return f"scan {name!r} at key {show_key(key)}; last committed key: " + (
+        return f"scan {name!r} {at} {show_key(key)}; last committed key: " + (
             "none yet" if committed is None else show_key(committed)
         )
 

@@ -317,3 +317,27 @@ def test_stamp_on_an_empty_directory_names_up_create(tmp_path: Path) -> None:
     said = " ".join(refused.stderr.split())
     assert f"run `pebble-migrate up --create -d {tmp_path / 'empty'}`" in said
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+BREAKS_THEN_FAILS = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:", name="tagging"):
+        ctx.put(key, value + b"!")
+        if key == b"k:05":
+            break
+    raise ValueError("failed after the loop")
+"""
+
+
+def test_an_error_after_a_scan_was_left_says_where_the_scan_stopped(project: Path) -> None:
+    write_migration(project / "migrations", "1700000004_breaks", BREAKS_THEN_FAILS)
+    assert run("up", IDS[2], *common(project), cwd=project).returncode == 0
+
+    failed = run("up", *common(project), cwd=project)
+
+    assert failed.returncode == 6
+    # Not "at key", as if the error came while that key was processed: the loop had
+    # stopped there (a break) before the error.
+    assert "ValueError: failed after the loop (scan 'tagging' stopped at key b'k:05';" in (
+        failed.stderr
+    )

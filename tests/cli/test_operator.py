@@ -536,7 +536,7 @@ def test_a_failure_inside_a_scan_names_the_key_the_scan_and_the_last_commit(
 
     failed = run("up", "--chunk-records", "5", *common(project), cwd=project)
 
-    where = "scan 'tagging' at key b'k:13'; last committed key: b'k:09'"
+    where = "scan 'tagging' stopped at key b'k:13'; last committed key: b'k:09'"
     assert failed.returncode == 6
     assert f"ValueError: bad value ({where})" in failed.stderr
     assert "Traceback" not in failed.stderr
@@ -563,7 +563,7 @@ def test_a_long_or_binary_key_is_shown_printable_and_shortened(project: Path) ->
     failed = run("up", *common(project), cwd=project)
 
     assert failed.returncode == 6
-    assert "at key 0x6b3aff0101" in failed.stderr
+    assert "stopped at key 0x6b3aff0101" in failed.stderr
     assert "... (203 bytes)" in failed.stderr
 
 
