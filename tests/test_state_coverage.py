@@ -321,9 +321,9 @@ def test_a_record_that_could_not_be_read_back_is_refused_before_it_is_written(
     try:
         with StateStore(db, str(applied)) as states:
             state = states.read()
-            with pytest.raises(StateError, match="could not be read back: .*last_migration"):
+            with pytest.raises(StateError, match=r"could not be read back: .*last_migration"):
                 states.write_state(state.evolve(last_migration="not an id"))
-            with pytest.raises(StateError, match="could not be read back: .*kind"):
+            with pytest.raises(StateError, match=r"could not be read back: .*kind"):
                 states.write_state(state, dataclasses.replace(_record(), kind="sideways"))
     finally:
         close_database(db)
