@@ -191,6 +191,20 @@ MODES = ("link", "copy")
 files (reflinks where the filesystem can clone, plain copies elsewhere)."""
 
 
+DESCRIPTION_MAX = 2_000
+"""The longest backup description taken (backup.json's reader accepts up to 10,000)."""
+
+
+def check_description(description: str) -> None:
+    """Refuse a description backup.json could not keep, before anything is written."""
+    if len(description) > DESCRIPTION_MAX:
+        raise UsageError(
+            f"the backup description is {len(description):,} characters; at most "
+            f"{DESCRIPTION_MAX:,} are kept.",
+            hint="Nothing was written. Give a shorter description.",
+        )
+
+
 @reports_filesystem_errors("backup create")
 def create_backup(
     db_path: str | Path,
@@ -236,6 +250,7 @@ def create_backup_of_open(
     """
     if mode not in MODES:
         raise UsageError(f"unknown backup mode {mode!r}; choose one of {', '.join(MODES)}.")
+    check_description(description)
     path = resolve_database(db_path)
     root = backup_dir_for(path, backup_dir)
     # Check the room first: a refused backup leaves no trace, not even the directory.

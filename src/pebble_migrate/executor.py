@@ -535,8 +535,9 @@ class Executor:
         return (
             f"The status stays `migrating`, and {step.id} wrote outside ctx, so it cannot "
             f"resume by itself. See `{cli} status --verbose`. `{cli} force-clean`, then "
-            f"`{cli} up`, goes on after the last key it committed and runs again what it "
-            "wrote outside ctx since: do it if that is safe (mark it `rerunnable = True` if "
+            f"`{cli} up`, goes on after the last key it committed (from its first key if "
+            "none) and runs again what it wrote outside ctx since: do it if that is safe "
+            "(mark it `rerunnable = True` if "
             "it always is); `up --from-start` instead runs it again over everything. Or "
             f"restore a backup (`{cli} backup list`)."
         )

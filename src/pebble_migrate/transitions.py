@@ -266,8 +266,9 @@ def _way_out(reading: Reading, cli: str) -> str:
         return f"Nothing was changed. Run `{cli} up` to continue {mid} first."
     return (
         f"Nothing was changed. Check with `{cli} status --verbose` and `{cli} validate`. "
-        f"`{cli} force-clean`, then `{cli} up`, goes on after the last key {mid} committed, "
-        "and runs again whatever it wrote outside ctx since that commit: do it if that is "
+        f"`{cli} force-clean`, then `{cli} up`, goes on after the last key {mid} committed "
+        "(from its first key if it committed none), and runs again whatever it wrote "
+        "outside ctx since: do it if that is "
         "safe (mark the migration `rerunnable = True` if it always is); `up --from-start` "
         "instead runs it again over everything. Or restore a backup: "
         f"`{cli} backup list`, then `{cli} backup restore ID --force`."

@@ -75,11 +75,26 @@ def version_time(version: int) -> str:
     return format_time(datetime.fromtimestamp(version, UTC))
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Control characters, and the Unicode marks that reorder text on screen (bidirectional
+overrides and isolates: "Trojan Source"), which would let text from data disguise itself."""
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
-    """Return `text` with terminal control characters (escape sequences included) shown as
-    `\\xNN`, so text that came from data (an exception's message, a record read from
-    disk) cannot drive the operator's terminal. Newlines and tabs stay."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """Return `text` with terminal control characters (escape sequences included) and
+    text-reordering marks shown as `\\xNN` / `\\uNNNN`, so text that came from data (an
+    exception's message, a record read from disk) cannot drive the operator's terminal or
+    disguise itself. Newlines and tabs stay."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def one_line(text: str) -> str:
+    """`printable(text)` with newlines and tabs shown as `\\n` and `\\t` too: for a table
+    cell or a one-line message, where a line break from data could pass for a line of
+    its own (a fake `Error:` or backup row)."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")

@@ -341,3 +341,163 @@ def test_an_error_after_a_scan_was_left_says_where_the_scan_stopped(project: Pat
     assert "ValueError: failed after the loop (scan 'tagging' stopped at key b'k:05';" in (
         failed.stderr
     )
+
+
+# --- the second review ---------------------------------------------------------------------------
+
+
+def test_a_backup_description_backup_json_could_not_keep_is_refused_up_front(
+    project: Path,
+) -> None:
+    before = snapshot(project / "app.db")
+    long = "d" * 10_001
+    for extra in (["--dry-run"], []):
+        refused = run("backup", "create", long, *extra, *common(project), cwd=project)
+        assert refused.returncode == 2, refused.stderr
+        assert "the backup description is 10,001 characters; at most 2,000" in refused.stderr
+    assert not (project / "app.db.backups").exists() or not any(
+        (project / "app.db.backups").iterdir()
+    )
+    assert snapshot(project / "app.db") == before
+
+
+def test_output_lost_to_a_full_disk_fails_a_reading_command_and_warns_a_changing_one(
+    project: Path,
+) -> None:
+    full = Path("/dev/full")
+    with full.open("w") as sink:
+        read = subprocess.run(
+            [sys.executable, "-m", "pebble_migrate", "status", "--json", *common(project)],
+            cwd=project, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+        changed = subprocess.run(
+            [sys.executable, "-m", "pebble_migrate", "up", IDS[0], *common(project)],
+            cwd=project, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert read.returncode == 1, read.stderr
+    assert "Error: the output could not be written to stdout (No space left on device): " in (
+        read.stderr
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert "Warning: the output could not be written to stdout" in changed.stderr
+    # The migration ran and is recorded: output is a side channel of a changing command.
+    shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert shown["applied"] == [IDS[0]]
+
+
+FAILS_WHEN_ASKED = """
+import os
+
+
+def up(ctx):
+    if os.environ.get("FAIL"):
+        raise ValueError("asked to fail")
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"a")
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value.removesuffix(b"a"))
+"""
+
+
+def test_status_does_not_pair_a_failed_runs_kind_with_the_last_successful_time(
+    project: Path,
+) -> None:
+    write_migration(project / "migrations", IDS[0], FAILS_WHEN_ASKED)
+    assert run("up", IDS[0], *common(project), cwd=project).returncode == 0
+    assert run("down", "0", "--yes", *common(project), cwd=project).returncode == 0
+    failed = run("up", IDS[0], *common(project), cwd=project, env={"FAIL": "1"})
+    assert failed.returncode == 6
+
+    shown = run("status", *common(project), cwd=project).stdout
+    (line,) = [ln for ln in shown.splitlines() if ln.startswith("Last migration")]
+    assert "apply of" not in line  # the failed apply is not the run that time belongs to
+    assert f"  {IDS[0]} at " in line
+
+
+def test_on_a_dumb_terminal_progress_comes_as_lines_not_a_bar(tmp_path: Path) -> None:
+    create_database(tmp_path / "app.db", {b"s:%05d" % i: b"v" for i in range(2000)})
+    (tmp_path / "migrations").mkdir()
+    write_migration(
+        tmp_path / "migrations",
+        "1700000001_mark",
+        "def up(ctx):\n"
+        "    for key, value in ctx.scan(prefix=b's:'):\n"
+        "        ctx.put(key, value + b'!')\n",
+    )
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pebble_migrate", "up", "-y", "-d", "app.db", "-m",
+         "migrations", "--chunk-records", "100"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+        env={**os.environ, "TERM": "dumb"},
+    )  # fmt: skip
+    os.close(follower)
+    shown = bytearray()
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # EIO: the child has gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=60) == 0
+    text = shown.decode("utf-8", "replace")
+    assert "━" not in text and "\x1b[" not in text
+    lines = text.splitlines()
+    applied = next(i for i, line in enumerate(lines) if line.startswith("applied "))
+    # The final count, as a line before `applied` (as in a log).
+    assert lines[applied - 1].startswith("1700000001_mark: 2000")
+    assert lines[applied - 1].endswith("keys")
+
+
+NEWLINE_ERROR = """
+def up(ctx):
+    raise ValueError("boom\\nError: nothing was changed")
+"""
+
+
+def test_line_breaks_and_reordering_marks_from_data_cannot_pass_for_lines_or_text(
+    project: Path,
+) -> None:
+    write_migration(project / "migrations", IDS[0], NEWLINE_ERROR)
+    write_migration(
+        project / "migrations", IDS[1], '"""Rename \u202efdp.exe"""\ndef up(ctx):\n    pass\n'
+    )
+    failed = run("up", *common(project), cwd=project)
+    assert failed.returncode == 6
+    error_lines = [ln for ln in failed.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(error_lines) == 1 and "boom\\nError: nothing was changed" in error_lines[0]
+    for command in (["history"], ["status"]):
+        shown = run(*command, *common(project), cwd=project).stdout
+        assert "boom\\nError: nothing was changed" in shown
+        assert not any(ln.startswith("Error: nothing") for ln in shown.splitlines())
+    status = run("status", *common(project), cwd=project).stdout
+    assert "Rename \\u202efdp.exe" in status and "\u202e" not in status
+    created = run("backup", "create", "evil\n 20990101T000000Z  fake row", *common(project),
+                  cwd=project)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    listed = run("backup", "list", *common(project), cwd=project).stdout
+    assert "evil\\n 20990101T000000Z  fake row" in listed
+    assert not any(ln.startswith(" 20990101T000000Z") for ln in listed.splitlines())
+
+
+def test_validate_marks_a_notice_apart_and_json_gives_a_way_out_only_for_failures(
+    tmp_path: Path,
+) -> None:
+    create_database(tmp_path / "app.db", {b"k": b"v"})
+    (tmp_path / "migrations").mkdir()
+    write_migration(tmp_path / "migrations", IDS[0], "def up(ctx):\n    pass\n")
+    where = ["-d", "app.db", "-m", "migrations"]
+    assert run("up", *where, cwd=tmp_path).returncode == 0
+
+    shown = run("validate", "-v", IDS[0], *where, cwd=tmp_path).stdout
+    marks = [ln.split()[0] for ln in shown.splitlines() if not ln.startswith("Valid:")]
+    assert marks.count("note") == 1 and f"Valid: {marks.count('ok')} checks passed." in shown
+    checks = json.loads(run("validate", "--json", *where, cwd=tmp_path).stdout)["checks"]
+    assert checks and all(c["ok"] and c["way_out"] == "" for c in checks)

@@ -145,7 +145,11 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    render = sys.modules.get("pebble_migrate.cli.render")  # loaded if anything was shown
+    if render is not None:
+        code = render.OUTPUT.exit_code(code, cli_name)
+    sys.exit(code)
 
 
 from pebble_migrate.cli import backup, inspect, maintain, migrate  # noqa: E402, F401

@@ -63,6 +63,7 @@ def create_cmd(description: str, compress: bool, copy: bool) -> None:
     out = renderer(s)
     mode = "copy" if copy else s.backup_mode()
     if s.dry_run:
+        backups.check_description(description)
         database = resolve_database(s.database_path())
         store.check_database_dir(database)
         where = backups.backup_dir_for(database, s.backups())
@@ -108,7 +109,7 @@ def list_cmd() -> None:
     kept = catalog.kept_databases(s.database_path())
     where = backups.backup_dir_for(s.database_path(), s.backups())
     others = catalog.others_in(s.database_path(), s.backups())
-    out = renderer(s)
+    out = renderer(s, result=True)
     out.backups(found, kept, where, others)
     for name, why in catalog.unreadable(s.database_path(), s.backups()):
         out.note(printable(f"warning: {name} is not a usable backup: {why}."))
@@ -130,7 +131,7 @@ def verify_cmd(source: str) -> None:
         s.database_path()  # raises the usual "no database given" error
     info = restoring.resolve(source, db_path or "", s.backups())
     backups.verify_backup(info)
-    out = renderer(s)
+    out = renderer(s, result=True)
     if out.json:
         out.emit({"verified": info.summary()})
     else:

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from pebble_migrate.registry import Registry
 
 
-def renderer(s: Settings) -> Renderer:
-    """Return the renderer for the current options."""
+def renderer(s: Settings, *, result: bool = False) -> Renderer:
+    """Return the renderer for the current options; `result`: what the command prints is
+    its result (status, history, validate, backup list and verify), so output that could
+    not be written fails the command."""
     from pebble_migrate.cli.render import Renderer
 
-    return Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name)
+    return Renderer(json_mode=s.json, verbose=s.verbose, cli_name=s.cli_name, result=result)
 
 
 def _registry_if_present(s: Settings, *, required: bool) -> Registry | None:
@@ -52,7 +54,7 @@ def status(check: bool, history_n: int) -> None:
     # --check answers "is anything pending?", which needs the migrations.
     registry = _registry_if_present(s, required=check)
     report = commands.status(s.database_path(), registry, history=history_n)
-    out = renderer(s)
+    out = renderer(s, result=True)
     out.status(report)
     if registry is None and not s.json:
         out.note(f"(no migrations directory at {s.migrations_dir()}; pending migrations unknown)")
@@ -68,7 +70,7 @@ def history(limit: int | None) -> None:
     from pebble_migrate import commands
 
     s = settings()
-    renderer(s).history(commands.history(s.database_path(), limit=limit))
+    renderer(s, result=True).history(commands.history(s.database_path(), limit=limit))
 
 
 @cli.command()
@@ -91,7 +93,7 @@ def validate(deep: bool, ids: tuple[str, ...]) -> None:
     report = validation.validate(
         s.database_path(), s.registry(), deep=deep, only=ids, cli=s.cli_name
     )
-    renderer(s).validation(report)
+    renderer(s, result=True).validation(report)
     if report.problems:
         raise ValidationFailed(
             report.problems, way_out=report.way_out, cli=s.cli_name, verbose=s.verbose

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from pebble_migrate.units import (
     format_bytes,
     format_duration,
     format_time,
+    one_line,
     printable,
     utc_now,
     version_time,
@@ -71,12 +73,19 @@ class Renderer:
     """Turns library results and events into terminal output or JSON on stdout."""
 
     def __init__(
-        self, *, json_mode: bool = False, verbose: bool = False, cli_name: str = "pebble-migrate"
+        self,
+        *,
+        json_mode: bool = False,
+        verbose: bool = False,
+        cli_name: str = "pebble-migrate",
+        result: bool = False,
     ) -> None:
         self.json = json_mode
         self.verbose = verbose
         self.cli_name = cli_name
-        self._stdout = Outlet(sys.stdout)
+        if result:
+            OUTPUT.is_result = True
+        self._stdout = Outlet(sys.stdout, stdout=True)
         self.out = Screen(self._stdout)
         self.err = Screen(Outlet(sys.stderr))
         self._progress: Progress | None = None
@@ -107,7 +116,7 @@ class Renderer:
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
             self.err.print(details or "".join(traceback.format_exception(exc)))
-        self.err.print(Styled(("Error:", "bold red"), " ", printable(exc.message)))
+        self.err.print(Styled(("Error:", "bold red"), " ", one_line(exc.message)))
         if exc.hint:
             self.err.print(printable(exc.hint))
         if self.json:
@@ -145,12 +154,12 @@ class Renderer:
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
-        self.err.print(styled(event.message, style or ""))
+        self.err.print(styled(one_line(event.message), style or ""))
 
     def _show_progress(self, event: Event) -> None:
         key = f"{event.migration_id}/{event.data.get('action', '')}/{event.data.get('scan', '')}"
         done, total = event.data.get("done", 0), event.data.get("total")
-        if not self.err.is_terminal:
+        if not self.err.can_redraw:  # a pipe, a log, or a dumb terminal: lines
             now = time.monotonic()
             if now - self._last_log.get(key, 0.0) >= LOG_EVERY_S:
                 self._last_log[key] = now
@@ -434,12 +443,23 @@ class Renderer:
     def validation(self, report: ValidationReport) -> None:
         """Show `validate`."""
         if self.json:
-            self.emit({"valid": not report.problems, "checks": report.checks})
+            # `way_out` says what to do about a failed check: empty for one that passed.
+            checks = [
+                {**_plain(check), "way_out": "" if check.ok else check.way_out}
+                for check in report.checks
+            ]
+            self.emit({"valid": not report.problems, "checks": checks})
             return
         for check in report.checks:
             if check.ok and not self.verbose and not check.notice:
                 continue
-            mark = styled("ok  ", "green") if check.ok else styled("FAIL", "red")
+            mark = (
+                styled("note", "yellow")
+                if check.notice
+                else styled("ok  ", "green")
+                if check.ok
+                else styled("FAIL", "red")
+            )
             self.out.print(Styled(mark, f" {check.name}: {check.detail}"))
         if not report.problems:
             ran = sum(1 for check in report.checks if not check.notice)
@@ -567,8 +587,9 @@ class Outlet:
     a side channel; what the command did to the data decides its exit code.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, *, stdout: bool = False) -> None:
         self._stream = stream
+        self._stdout = stdout
         self.lost: OSError | None = None
 
     def write(self, text: str) -> int:
@@ -590,6 +611,8 @@ class Outlet:
 
     def _lose(self, exc: OSError) -> None:
         self.lost = exc
+        if self._stdout and OUTPUT.lost is None:
+            OUTPUT.lost = exc
         # Point the descriptor at /dev/null, so the interpreter's own flush at exit does
         # not fail on the same pipe (which would print a traceback and exit 120).
         with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -650,6 +673,42 @@ def _after_force_clean(before: State, left: Reading) -> str:
     return "Nothing was marked applied; `up` runs it again from its start."
 
 
+class _Output:
+    """What became of this process's output on stdout: whether it is the command's
+    result, and the error that lost it, if one did."""
+
+    def __init__(self) -> None:
+        self.is_result = False
+        self.lost: OSError | None = None
+
+    def exit_code(self, code: int, cli_name: str) -> int:
+        """The exit code once output is accounted for. A reader that went away (a closed
+        pipe, `| head -1`) took what it wanted; output lost any other way (a full disk, an
+        I/O error) is said on stderr, and fails a command whose output is its result."""
+        lost = self.lost
+        if lost is None or lost.errno == errno.EPIPE:
+            return code
+        reason = lost.strerror or str(lost)
+        fails = self.is_result and code == 0
+        head, what = (
+            ("Error", "the result is missing or cut short")
+            if fails
+            else ("Warning", "the command itself went on, and what it did stands")
+        )
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"{head}: the output could not be written to stdout ({one_line(reason)}): "
+                f"{what}.\nFree space where stdout goes (or send it elsewhere); "
+                f"`{cli_name} status` says where things stand.\n"
+            )
+            sys.stderr.flush()
+        return 1 if fails else code
+
+
+OUTPUT = _Output()
+"""The output of the command this process runs (one per CLI process)."""
+
+
 _LIVE: list[Console] = []
 """The console of the progress bar on screen, if one is: log lines go through it."""
 
@@ -680,7 +739,12 @@ def _version(version: int) -> str:
 def _last_run(state: State, last: HistoryRecord | None) -> str:
     if state.last_migration is None:
         return "-"
-    kind = last.kind if last is not None and last.id == state.last_migration else None
+    # The kind only when the newest record is the run that set `last_migration` (the same
+    # id, and it succeeded): a later failed or stopped run of that id is not what that
+    # time is the time of.
+    kind = (
+        last.kind if last is not None and last.id == state.last_migration and last.success else None
+    )
     what = f"{kind} of " if kind else ""
     return f"{what}{state.last_migration} at {format_time(state.last_migration_at)}"
 

@@ -18,7 +18,10 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from pebble_migrate.units import printable
+from pebble_migrate.units import one_line, printable
+
+_DUMB = ("dumb", "unknown")
+"""TERM values of terminals that take neither styles nor cursor movement."""
 
 _SGR = {"bold": "1", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 """The styles the CLI uses, as ANSI select-graphic-rendition codes."""
@@ -91,25 +94,29 @@ def columns(
 ) -> list[Styled]:
     """Lay `rows` out in left-aligned columns `gap` spaces apart, `edge` spaces in, with an
     optional bold header line; no line ends in spaces."""
-    table: list[Sequence[Cell]] = []
+    # A cell is one line: a line break (or tab) in it, from data, is shown escaped.
+    table: list[list[Styled]] = []
     if header:
         table.append([styled(name, "bold") for name in header])
-    table.extend(rows)
+    table.extend(
+        [Styled(*((one_line(text), style) for text, style in Styled(cell).spans)) for cell in row]
+        for row in rows
+    )
     if not table:
         return []
     count = max(len(row) for row in table)
     widths = [0] * count
     for row in table:
         for n, cell in enumerate(row):
-            widths[n] = max(widths[n], width(printable(str(cell))))
+            widths[n] = max(widths[n], width(str(cell)))
     lines: list[Styled] = []
     for row in table:
         line = Styled(" " * edge)
         for n, cell in enumerate(row):
             if n:
                 line.spans.append((" " * gap, ""))
-            line.spans.extend(Styled(cell).spans)
-            line.spans.append((" " * (widths[n] - width(printable(str(cell)))), ""))
+            line.spans.extend(cell.spans)
+            line.spans.append((" " * (widths[n] - width(str(cell))), ""))
         _trim(line)
         lines.append(line)
     return lines
@@ -133,9 +140,7 @@ def wants_color(stream: Any) -> tuple[bool, bool]:
         terminal = bool(stream.isatty())
     except (OSError, ValueError):
         terminal = False
-    on = bool(env.get("FORCE_COLOR")) or (
-        terminal and env.get("TERM", "").lower() not in ("dumb", "unknown")
-    )
+    on = bool(env.get("FORCE_COLOR")) or (terminal and env.get("TERM", "").lower() not in _DUMB)
     return on, bool(env.get("NO_COLOR"))
 
 
@@ -155,6 +160,12 @@ class Screen:
             return bool(self.stream.isatty())
         except (OSError, ValueError):
             return False
+
+    @property
+    def can_redraw(self) -> bool:
+        """Whether a line can be redrawn in place (a progress bar): a terminal that is
+        not `TERM=dumb` (which cannot move the cursor)."""
+        return self.is_terminal and os.environ.get("TERM", "").lower() not in _DUMB
 
     def print(self, text: Cell = "") -> None:
         """Write `text` and a newline."""
