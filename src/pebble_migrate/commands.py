@@ -390,7 +390,15 @@ def left_work(state: State, records: dict[tuple[str, str], RunRecord]) -> bool:
     if state.status is Status.CLEAN or progress is None:
         return False
     action = "rollback" if progress.kind == "rollback" else "apply"
-    return (progress.id, action) in records or not progress.resumable
+    record = records.get((progress.id, action))
+    return _has_work(record) or not progress.resumable
+
+
+def _has_work(record: RunRecord | None) -> bool:
+    """Whether a run record stands for writes in the database: a rollback record always
+    does (it carries how far the `up` it undoes got); an apply record once it committed
+    something (not when it failed on its first key)."""
+    return record is not None and (record.action != "apply" or record.committed_work())
 
 
 def _check_leftovers_in_plan(
@@ -406,7 +414,7 @@ def _check_leftovers_in_plan(
     mid = transitions.half_done(reading)
     if mid is None or mid in plan.ids:
         return
-    if reading.record is None and not left_work(state, records):
+    if not _has_work(reading.record) and not left_work(state, records):
         return
     half = "rolled back" if reading.situation in _ROLLING else "applied"
     raise PlanError(
@@ -433,7 +441,9 @@ def _partly_applied(state: State, records: dict[tuple[str, str], RunRecord]) -> 
     """Return migrations not applied whose writes may be in the database: those with
     committed scan chunks (of `up`, or of the `down` that followed), and a failed one that
     wrote outside ctx."""
-    partial = {mid for (mid, _) in records}
+    # A rollback record carries how far the `up` it undoes got; an apply record with no
+    # chunk committed (it failed on its first key) left nothing for `down` to undo.
+    partial = {mid for (mid, _), r in records.items() if _has_work(r)}
     progress = state.in_progress
     if progress is not None and progress.kind != "rollback" and not progress.resumable:
         partial.add(progress.id)

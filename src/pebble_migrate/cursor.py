@@ -51,6 +51,11 @@ class RunRecord:
         """The state-family key this record lives under."""
         return record_key(self.migration_id, self.action)
 
+    def committed_work(self) -> bool:
+        """Whether the run committed anything: a chunk of a scan, or writes made through
+        `ctx.db` (a record can exist with neither, when the run failed at its start)."""
+        return self.loose > 0 or any(c.after is not None for c in self.scans.values())
+
     def reached(self) -> dict[str, Any]:
         """Return, per scan, the last key whose work was committed (None: none yet)."""
         return {name: c.after for name, c in self.scans.items()}

@@ -463,7 +463,7 @@ class Executor:
             elif isinstance(exc, CodeChanged):
                 hint = self._code_changed_hint(step)
             elif isinstance(exc, MigrateError) and exc.hint:
-                hint = f"{exc.hint}\n{hint}"
+                hint = f"{exc.hint} {hint}"
         failed = MigrationFailed(step.id, error, hint=hint, details=details)
         failed.cause = exc
         return failed

@@ -247,8 +247,10 @@ def steps_back(applied: Collection[str], steps: int, cli: str = "pebble-migrate"
             hint=f"`{cli} down --steps 1` rolls back the newest applied migration.",
         )
     if steps > len(newest):
+        shown = ", ".join(newest[:5]) + (", ..." if len(newest) > 5 else "")
         raise PlanError(
-            f"cannot roll back {steps} migration(s): only {len(newest)} applied.",
+            f"cannot roll back {steps} migration(s): there are only {len(newest)}"
+            + (f" ({shown})." if newest else "."),
             hint=f"Nothing was changed. `{cli} down 0` rolls back every applied migration."
             if newest
             else "Nothing was changed, and there is nothing to roll back.",

@@ -75,9 +75,15 @@ def version_time(version: int) -> str:
     return format_time(datetime.fromtimestamp(version, UTC))
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""Control characters, and the Unicode marks that reorder text on screen (bidirectional
-overrides and isolates: "Trojan Source"), which would let text from data disguise itself."""
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 and C1 control characters (ESC, CR, NEL, ...)
+    r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # marks that reorder text
+    r"\u2028\u2029"  # line and paragraph separators (line breaks to many readers)
+    r"\u180e\u200b\ufeff\ufff9-\ufffb]"  # invisible: zero width, annotation marks
+)
+"""Characters that would let text from data drive the terminal or disguise itself: control
+characters, the bidirectional overrides and isolates ("Trojan Source"), Unicode line
+separators, and invisible marks."""
 
 
 def _escaped(match: re.Match[str]) -> str:

@@ -10,10 +10,13 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from pebble_migrate.testing import create_database
 from tests.cli.test_operator import BODY, IDS, PAUSING_DOWN, common, run, values
@@ -501,3 +504,135 @@ def test_validate_marks_a_notice_apart_and_json_gives_a_way_out_only_for_failure
     assert marks.count("note") == 1 and f"Valid: {marks.count('ok')} checks passed." in shown
     checks = json.loads(run("validate", "--json", *where, cwd=tmp_path).stdout)["checks"]
     assert checks and all(c["ok"] and c["way_out"] == "" for c in checks)
+
+
+# --- the third review ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_result_cut_short_by_a_disk_that_fills_mid_way_fails(
+    project: Path, tmp_path: Path, unbuffered: str
+) -> None:
+    for n in range(250):  # a status --json of about 6 KB
+        write_migration(project / "migrations", f"17100{n:05d}_m", "def up(ctx):\n    pass\n")
+    with tmpfs(tmp_path / "small", "8k") as small:
+        (small / "fill").write_bytes(b"\0" * 4096)  # room for one short write, then full
+        env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+        with (small / "out.json").open("w") as sink:
+            cut = subprocess.run(
+                [sys.executable, "-m", "pebble_migrate", "status", "--json", *common(project)],
+                cwd=project, stdout=sink, stderr=subprocess.PIPE, text=True, env=env,
+                timeout=120,
+            )  # fmt: skip
+        written = (small / "out.json").stat().st_size
+    assert cut.returncode == 1, cut.stderr
+    assert "the result is missing or cut short" in cut.stderr
+    assert written < 6000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["status", "--help"], ["status", "--check"], ["validate"]],
+)
+def test_every_result_lost_to_a_full_disk_is_exit_1_and_says_so(
+    project: Path, args: list[str]
+) -> None:
+    if args == ["validate"]:  # a failing validation: exit 7 when its result is seen
+        write_migration(project / "migrations", IDS[0], "def up(ctx):\n    pass\n\n\n"
+                        "def validate(ctx):\n    return ['wrong']\n")  # fmt: skip
+        assert run("up", IDS[0], "--no-validate", *common(project), cwd=project).returncode == 0
+    with Path("/dev/full").open("w") as full:
+        lost = subprocess.run(
+            [sys.executable, "-m", "pebble_migrate", *args, *common(project)],
+            cwd=project, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert lost.returncode == 1, (args, lost.stderr)
+    assert "Error: the output could not be written to stdout (No space left on device)" in (
+        lost.stderr
+    )
+    assert "Traceback" not in lost.stderr and "failed" not in lost.stderr
+
+
+def test_help_into_a_closed_pipe_is_quiet_and_a_usage_error_keeps_its_code(
+    project: Path,
+) -> None:
+    for args in (["--help"], ["status", "--help"]):
+        piped = subprocess.run(
+            f"{sys.executable} -m pebble_migrate {' '.join(args)} | true; "
+            "exit ${PIPESTATUS[0]}",
+            shell=True, executable="/bin/bash", cwd=project, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert piped.returncode == 0, (args, piped.stderr)
+        assert piped.stderr == ""
+    with Path("/dev/full").open("w") as full:
+        usage = subprocess.run(
+            [sys.executable, "-m", "pebble_migrate", "status", "--bogus"],
+            cwd=project, stderr=full, timeout=120,
+        )  # fmt: skip
+    assert usage.returncode == 2
+
+
+def test_a_line_break_in_a_path_never_starts_a_line_of_its_own(project: Path) -> None:
+    odd = project / "db\nError: fake"
+    shutil.copytree(project / "app.db", odd, symlinks=True)
+    for args in (
+        ["backup", "create", "-d", str(odd)],
+        ["status", "-d", str(odd) + "x"],
+        ["up", "--yes", "-d", str(odd), "-m", "migrations"],
+        ["create", "foo", "-m", str(project / "mig\nError: x"), "--dry-run"],
+    ):
+        shown = run(*args, cwd=project)
+        lines = (shown.stdout + shown.stderr).splitlines()
+        assert not any(line.startswith("Error: fake") for line in lines), (args, lines)
+        assert not any(line.startswith("Error: x") for line in lines), (args, lines)
+        assert any("\\nError: " in line for line in lines), (args, lines)
+
+
+def test_unicode_line_separators_and_invisible_marks_are_shown_escaped() -> None:
+    from pebble_migrate.units import one_line
+
+    assert one_line("a\u2028b\u2029c\u200bd\ufeffe") == "a\\u2028b\\u2029c\\u200bd\\ufeffe"
+    assert len(one_line("x\u2028Error: y").splitlines()) == 1
+
+
+def test_a_backup_directory_inside_the_database_stops_every_command_before_it_acts(
+    project: Path,
+) -> None:
+    before = snapshot(project / "app.db")
+    inside = ["--backup-dir", str(project / "app.db" / "bk")]
+    for command in (
+        ["up", "--yes"], ["up", "--yes", "--no-backup"], ["up", "--dry-run"],
+        ["stamp", "0", "--yes"], ["status"], ["validate"], ["force-clean", "--yes"],
+    ):  # fmt: skip
+        refused = run(*command, *inside, *common(project), cwd=project)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "(from --backup-dir) is inside the database directory" in said
+        assert snapshot(project / "app.db") == before  # not even the state initialized
+
+
+FAILS_ON_ITS_FIRST_KEY = """
+def up(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        raise ValueError("failed on the first key")
+
+
+def down(ctx):
+    for key, value in ctx.scan(prefix=b"k:"):
+        ctx.put(key, value + b"-down-ran")
+"""
+
+
+def test_a_migration_that_committed_nothing_is_not_rolled_back(project: Path) -> None:
+    write_migration(project / "migrations", IDS[1], FAILS_ON_ITS_FIRST_KEY)
+    assert run("up", IDS[0], *common(project), cwd=project).returncode == 0
+    assert run("up", IDS[1], *common(project), cwd=project).returncode == 6
+
+    cleared = run("down", "--steps", "1", "--yes", *common(project), cwd=project)
+
+    assert cleared.returncode == 0, cleared.stderr
+    assert "failed and left no writes to undo" in cleared.stdout
+    assert values(project) == {b"va"}  # its down did not run over data it never changed
+    shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
+    assert shown["status"] == "clean" and shown["applied"] == [IDS[0]]

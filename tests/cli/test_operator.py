@@ -93,7 +93,7 @@ def test_down_steps_rolls_back_the_newest_applied_migrations(project: Path) -> N
     [
         (["--steps", "0"], 2, "0 is not in the range x>=1"),
         (["--steps", "-1"], 2, "-1 is not in the range x>=1"),
-        (["--steps", "4"], 1, "cannot roll back 4 migration(s): only 3 applied."),
+        (["--steps", "4"], 1, "roll back 4 migration(s): there are only 3 (1700000003_third,"),
         ([], 2, "say how far to roll back: a VERSION or --steps N."),
         (["0", "--steps", "1"], 2, "a VERSION or --steps N, not both."),
     ],

@@ -59,12 +59,18 @@ def test_control_characters_are_shown_escaped_in_every_span() -> None:
     assert stream.getvalue() == "\\x1b]0;pwned\\x07 and \\x1b[2J\n"
 
 
-def test_styles_are_written_per_line_and_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_printed_line_is_one_line_styled_and_reset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORCE_COLOR", "1")
     monkeypatch.delenv("NO_COLOR", raising=False)
     stream = io.StringIO()
-    Screen(stream).print(Styled(("one\ntwo", "bold red"), " plain"))
-    assert stream.getvalue() == "\x1b[1;31mone\x1b[0m\n\x1b[1;31mtwo\x1b[0m plain\n"
+    Screen(stream).print(Styled(("one\ntwo", "bold red"), " plain\t!"))
+    assert stream.getvalue() == "\x1b[1;31mone\\ntwo\x1b[0m plain\\t!\n"
+
+
+def test_a_block_keeps_its_lines_and_escapes_control_characters() -> None:
+    stream = io.StringIO()
+    Screen(stream).block("Traceback:\n  line \x1b[2J\n")
+    assert stream.getvalue() == "Traceback:\n  line \\x1b[2J\n"
 
 
 class _Tty(io.StringIO):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from typing import Any
@@ -82,10 +83,19 @@ def _configure_logging() -> None:
                 return
             super().emit(record)
 
+    class _OneLine(logging.Formatter):
+        """A notice on one line: a path or a message from data in it cannot start a line
+        of its own (see `units.one_line`)."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            from pebble_migrate.units import one_line
+
+            return one_line(super().format(record))
+
     logger = logging.getLogger("pebble_migrate")
     if not any(getattr(h, "_pebble_cli", False) for h in logger.handlers):
         handler = AboveTheBar(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_OneLine("%(message)s"))
         handler._pebble_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
@@ -105,6 +115,36 @@ def _standard_streams() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+    for name in ("stdout", "stderr"):
+        _whole_writes(name)
+    # Everything printed from here on (click's help and errors included) goes through an
+    # Outlet: a lost stream goes quiet, and what lost stdout decides the exit code below.
+    from pebble_migrate.cli.outlet import Outlet
+
+    sys.stdout = Outlet(sys.stdout, stdout=True)
+    sys.stderr = Outlet(sys.stderr)
+
+
+def _whole_writes(name: str) -> None:
+    """Under `python -u` / PYTHONUNBUFFERED, sys.stdout writes straight to the file, and a
+    short write (a disk that fills up mid-way) drops the rest of the text without an
+    error. Put a buffer back under it: a buffered writer writes everything or raises, so
+    a result cut short is seen. Lines still go out as they are printed."""
+    stream = getattr(sys, name)
+    raw = getattr(stream, "buffer", None)
+    if not isinstance(raw, io.FileIO):
+        return
+    stream.flush()
+    # Its own file object on the same descriptor, not closing it: the original stream
+    # (still sys.__stdout__) owns the descriptor and closes it at exit.
+    buffered = open(raw.fileno(), "wb", closefd=False)  # noqa: SIM115 - lives as long as the process
+    setattr(
+        sys,
+        name,
+        io.TextIOWrapper(
+            buffered, encoding=stream.encoding, errors=stream.errors, line_buffering=True
+        ),
+    )
 
 
 class _Terminated(Exception):
@@ -145,11 +185,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    code = code if isinstance(code, int) else 0
-    render = sys.modules.get("pebble_migrate.cli.render")  # loaded if anything was shown
-    if render is not None:
-        code = render.OUTPUT.exit_code(code, cli_name)
-    sys.exit(code)
+    from pebble_migrate.cli.outlet import OUTPUT
+
+    sys.exit(OUTPUT.exit_code(code if isinstance(code, int) else 0, cli_name))
 
 
 from pebble_migrate.cli import backup, inspect, maintain, migrate  # noqa: E402, F401

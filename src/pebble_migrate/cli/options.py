@@ -54,6 +54,13 @@ class Settings:
     def _path(self, flag_value: str | None, flag: str, env: str, key: str) -> str | None:
         """Return a path setting from the first place that gives it (flag, environment,
         pyproject.toml), checked, or None; an error names where the bad value came from."""
+        found = self._sourced(flag_value, flag, env, key)
+        return found[0] if found else None
+
+    def _sourced(
+        self, flag_value: str | None, flag: str, env: str, key: str
+    ) -> tuple[str, str] | None:
+        """`_path`, with the place the value came from."""
         project = getattr(self.project, key.replace("-", "_"))
         for value, source in (
             (flag_value, flag),
@@ -75,11 +82,12 @@ class Settings:
                         "file name can hold.",
                         hint=f"Nothing was changed. Correct {source}.",
                     )
-                return str(value)
+                return str(value), source
         return None
 
     def database_path(self) -> str:
-        """Return the database path, or raise a UsageError saying how to give one."""
+        """Return the database path, or raise a UsageError saying how to give one (or
+        naming the setting that puts the backup directory inside it)."""
         path = self._path(self.database, "-d/--database", ENV_DATABASE, "database")
         if not path:
             raise UsageError(
@@ -87,7 +95,28 @@ class Settings:
                 hint=f"Pass -d/--database PATH, set {ENV_DATABASE}, or set `database` "
                 "under [tool.pebble-migrate] in pyproject.toml.",
             )
+        self._refuse_backups_inside(path)
         return path
+
+    def _refuse_backups_inside(self, database: str) -> None:
+        """Refuse, before any command acts, a backup directory inside the database: a
+        restore replaces that directory, and the backups would go with it."""
+        found = self._sourced(self.backup_dir, "--backup-dir", ENV_BACKUP_DIR, "backup-dir")
+        if found is None:
+            return
+        from pebble_migrate.paths import default_backup_dir, resolve_database
+
+        where, source = found
+        db = resolve_database(database)
+        real = resolve_database(where)
+        if real == db or db in real.parents:
+            raise UsageError(
+                f"the backup directory {where} (from {source}) is inside the database "
+                f"directory {db}: a restore replaces that directory, and every backup in it "
+                "would go with it.",
+                hint=f"Nothing was changed. Point {source} outside the database, or leave it "
+                f"out for the default, {default_backup_dir(db)}.",
+            )
 
     def migrations_dir(self) -> str:
         """Return the migrations directory (default ./migrations)."""

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
 import json
-import os
 import sys
 import time
 import traceback
@@ -17,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pebble_migrate.cli.outlet import OUTPUT, Outlet
 from pebble_migrate.cli.screen import Cell, Screen, Styled, columns, styled
 from pebble_migrate.errors import MigrateError, MigrationFailed, name_the_cli
 from pebble_migrate.transitions import TABLE, Situation
@@ -78,13 +75,13 @@ class Renderer:
         json_mode: bool = False,
         verbose: bool = False,
         cli_name: str = "pebble-migrate",
-        result: bool = False,
+        result: bool | None = None,
     ) -> None:
         self.json = json_mode
         self.verbose = verbose
         self.cli_name = cli_name
-        if result:
-            OUTPUT.is_result = True
+        if result is not None:
+            OUTPUT.is_result = result
         self._stdout = Outlet(sys.stdout, stdout=True)
         self.out = Screen(self._stdout)
         self.err = Screen(Outlet(sys.stderr))
@@ -115,10 +112,10 @@ class Renderer:
         name_the_cli(exc, self.cli_name)
         if self.verbose and not exc.expected:
             details = exc.details if isinstance(exc, MigrationFailed) else ""
-            self.err.print(details or "".join(traceback.format_exception(exc)))
-        self.err.print(Styled(("Error:", "bold red"), " ", one_line(exc.message)))
+            self.err.block(details or "".join(traceback.format_exception(exc)))
+        self.err.print(Styled(("Error:", "bold red"), " ", exc.message))
         if exc.hint:
-            self.err.print(printable(exc.hint))
+            self.err.print(exc.hint)
         if self.json:
             self.emit(
                 {
@@ -154,7 +151,7 @@ class Renderer:
         if event.kind == "step_done":
             self._finish_task(event.migration_id or "")
         style = {"step_failed": "red", "interrupted": "yellow", "resume": "cyan"}.get(event.kind)
-        self.err.print(styled(one_line(event.message), style or ""))
+        self.err.print(styled(event.message, style or ""))
 
     def _show_progress(self, event: Event) -> None:
         key = f"{event.migration_id}/{event.data.get('action', '')}/{event.data.get('scan', '')}"
@@ -284,7 +281,8 @@ class Renderer:
             )
         self._pending(report)
         if report.history:
-            self.out.print(styled("\nRecent history", "bold"))
+            self.out.print()
+            self.out.print(styled("Recent history", "bold"))
             self.out.lines(_history_table(report.history))
 
     def _pending(self, report: StatusReport) -> None:
@@ -292,12 +290,14 @@ class Renderer:
         late = {m.id for m in report.out_of_order}
         in_order = [m for m in report.pending if m.id not in late]
         if in_order:
-            self.out.print(styled("\nPending", "bold"))
+            self.out.print()
+            self.out.print(styled("Pending", "bold"))
             self.out.lines(columns([(f"  {m.id}", m.description) for m in in_order]))
         if late:
+            self.out.print()
             self.out.print(
                 styled(
-                    "\nPending out of order (below the current version; "
+                    "Pending out of order (below the current version; "
                     "up --allow-out-of-order applies them)",
                     "bold",
                 )
@@ -568,8 +568,9 @@ class Renderer:
         else:
             self.out.lines(_backup_table(found))
         if kept:
+            self.say("")
             self.say(
-                Styled(("\nDatabases kept by restores", "bold"), " (removed by `backup cleanup`)")
+                Styled(("Databases kept by restores", "bold"), " (removed by `backup cleanup`)")
             )
             now = utc_now()
             for k in kept:
@@ -579,56 +580,6 @@ class Renderer:
     def records(self, key: str, rows: Iterable[Any]) -> None:
         """Emit a list of records under `key` (JSON mode)."""
         self.emit({key: list(rows)})
-
-
-class Outlet:
-    """A text stream that goes quiet, instead of failing, once it cannot be written: the
-    reader of a pipe has gone (`| head -1`), the disk behind a redirect is full. Output is
-    a side channel; what the command did to the data decides its exit code.
-    """
-
-    def __init__(self, stream: Any, *, stdout: bool = False) -> None:
-        self._stream = stream
-        self._stdout = stdout
-        self.lost: OSError | None = None
-
-    def write(self, text: str) -> int:
-        """Write `text`, unless the stream has been lost."""
-        if self.lost is None:
-            try:
-                self._stream.write(text)
-            except OSError as exc:
-                self._lose(exc)
-        return len(text)
-
-    def flush(self) -> None:
-        """Flush, unless the stream has been lost."""
-        if self.lost is None:
-            try:
-                self._stream.flush()
-            except OSError as exc:
-                self._lose(exc)
-
-    def _lose(self, exc: OSError) -> None:
-        self.lost = exc
-        if self._stdout and OUTPUT.lost is None:
-            OUTPUT.lost = exc
-        # Point the descriptor at /dev/null, so the interpreter's own flush at exit does
-        # not fail on the same pipe (which would print a traceback and exit 120).
-        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
-
-    def isatty(self) -> bool:
-        """Whether the stream is a terminal."""
-        try:
-            return bool(self._stream.isatty())
-        except (OSError, ValueError):
-            return False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def _backup_table(found: Sequence[BackupInfo]) -> list[Styled]:
@@ -673,42 +624,6 @@ def _after_force_clean(before: State, left: Reading) -> str:
     return "Nothing was marked applied; `up` runs it again from its start."
 
 
-class _Output:
-    """What became of this process's output on stdout: whether it is the command's
-    result, and the error that lost it, if one did."""
-
-    def __init__(self) -> None:
-        self.is_result = False
-        self.lost: OSError | None = None
-
-    def exit_code(self, code: int, cli_name: str) -> int:
-        """The exit code once output is accounted for. A reader that went away (a closed
-        pipe, `| head -1`) took what it wanted; output lost any other way (a full disk, an
-        I/O error) is said on stderr, and fails a command whose output is its result."""
-        lost = self.lost
-        if lost is None or lost.errno == errno.EPIPE:
-            return code
-        reason = lost.strerror or str(lost)
-        fails = self.is_result and code == 0
-        head, what = (
-            ("Error", "the result is missing or cut short")
-            if fails
-            else ("Warning", "the command itself went on, and what it did stands")
-        )
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(
-                f"{head}: the output could not be written to stdout ({one_line(reason)}): "
-                f"{what}.\nFree space where stdout goes (or send it elsewhere); "
-                f"`{cli_name} status` says where things stand.\n"
-            )
-            sys.stderr.flush()
-        return 1 if fails else code
-
-
-OUTPUT = _Output()
-"""The output of the command this process runs (one per CLI process)."""
-
-
 _LIVE: list[Console] = []
 """The console of the progress bar on screen, if one is: log lines go through it."""
 
@@ -720,7 +635,7 @@ def log_line(text: str) -> bool:
         return False
     from rich.text import Text
 
-    _LIVE[0].print(Text(printable(text)))
+    _LIVE[0].print(Text(one_line(text)))
     return True
 
 

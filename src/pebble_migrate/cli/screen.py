@@ -53,19 +53,17 @@ class Styled:
         return f"Styled({self.spans!r})"
 
     def render(self, *, color: bool, bold_only: bool = False) -> str:
-        """The text, with ANSI styles when `color` (only bold ones when `bold_only`)."""
+        """The text as one line, with ANSI styles when `color` (only bold ones when
+        `bold_only`). A line break or tab in it is shown as `\\n` / `\\t`: text from data
+        (a path, an error) cannot start a line of its own, such as a fake `Error:`."""
         out: list[str] = []
         for text, style in self.spans:
-            safe = printable(text)
+            safe = one_line(text)
             codes = [_SGR[word] for word in style.split() if word in _SGR]
             if bold_only:
                 codes = [code for code in codes if code == _SGR["bold"]]
             if color and codes and safe:
-                # Style each line on its own, so a newline never carries a colour over.
-                safe = "\n".join(
-                    f"\x1b[{';'.join(codes)}m{line}\x1b[0m" if line else line
-                    for line in safe.split("\n")
-                )
+                safe = f"\x1b[{';'.join(codes)}m{safe}\x1b[0m"
             out.append(safe)
         return "".join(out)
 
@@ -168,14 +166,25 @@ class Screen:
         return self.is_terminal and os.environ.get("TERM", "").lower() not in _DUMB
 
     def print(self, text: Cell = "") -> None:
-        """Write `text` and a newline."""
+        """Write `text` as one line (see `Styled.render`)."""
         line = text if isinstance(text, Styled) else Styled(text)
         if self.live is not None:
             from rich.text import Text
 
-            self.live.print(Text.assemble(*((printable(t), s) for t, s in line.spans)))
+            self.live.print(Text.assemble(*((one_line(t), s) for t, s in line.spans)))
             return
         self.stream.write(line.render(color=self.color, bold_only=self.bold_only) + "\n")
+        self.stream.flush()
+
+    def block(self, text: str) -> None:
+        """Write `text` as the lines it has (a traceback for `-v`), control characters
+        escaped, unstyled."""
+        if self.live is not None:
+            from rich.text import Text
+
+            self.live.print(Text(printable(text)))
+            return
+        self.stream.write(printable(text).rstrip("\n") + "\n")
         self.stream.flush()
 
     def lines(self, lines: Sequence[Styled]) -> None:
