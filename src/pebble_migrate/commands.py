@@ -51,6 +51,8 @@ def always(question: str) -> bool:
 class Aborted(MigrateError):
     """Raised when the operator answered no at a confirmation prompt."""
 
+    expected = True  # an answer, not a fault: no traceback, even with -v
+
     def __init__(self) -> None:
         super().__init__("aborted; nothing was changed.")
 

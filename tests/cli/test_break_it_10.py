@@ -191,12 +191,12 @@ def _until_reading_stdin(pid: int) -> None:
     raise AssertionError(f"process {pid} never waited for input")
 
 
-def _at_the_prompt(project: Path, answer: bytes | None) -> tuple[int, str]:
+def _at_the_prompt(project: Path, answer: bytes | None, *extra: str) -> tuple[int, str]:
     """Run `stamp` on a pseudo-terminal, wait for its question, then type `answer` (or,
     for None, send SIGINT as Ctrl+C would); return the exit code and what was shown."""
     leader, follower = pty.openpty()
     child = subprocess.Popen(
-        [sys.executable, "-m", "pebble_migrate", "stamp", IDS[1], *common(project)],
+        [sys.executable, "-m", "pebble_migrate", "stamp", IDS[1], *extra, *common(project)],
         cwd=project, stdin=follower, stdout=follower, stderr=follower,
         env={**os.environ, "TERM": "dumb"},
         # As an interactive shell starts it: Ctrl+C interrupts (a suite run in the
@@ -636,3 +636,10 @@ def test_a_migration_that_committed_nothing_is_not_rolled_back(project: Path) ->
     assert values(project) == {b"va"}  # its down did not run over data it never changed
     shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
     assert shown["status"] == "clean" and shown["applied"] == [IDS[0]]
+
+
+def test_an_answer_of_no_is_not_a_fault_even_with_verbose(project: Path) -> None:
+    code, shown = _at_the_prompt(project, b"n\n", "-v")
+    assert code == 1
+    assert "Error: aborted; nothing was changed." in shown
+    assert "Traceback" not in shown
