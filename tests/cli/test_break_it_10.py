@@ -643,3 +643,16 @@ def test_an_answer_of_no_is_not_a_fault_even_with_verbose(project: Path) -> None
     assert code == 1
     assert "Error: aborted; nothing was changed." in shown
     assert "Traceback" not in shown
+
+
+def test_the_library_refuses_a_backup_directory_inside_the_database_too(tmp_path: Path) -> None:
+    import pebble_migrate
+    from pebble_migrate.errors import UsageError
+
+    db = create_database(tmp_path / "app.db", {b"k": b"v"})
+    before = snapshot(db)
+    for inside in (db / "bk", db, tmp_path / "app.db" / "." / "x" / ".." / "bk"):
+        with pytest.raises(UsageError, match="is inside the database directory"):
+            pebble_migrate.create_backup(db, backup_dir=inside)
+    assert snapshot(db) == before
+    assert not (db / "bk").exists()
