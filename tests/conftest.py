@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import textwrap
@@ -115,3 +116,31 @@ def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(where)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# --- pseudo-terminals ---------------------------------------------------------------------
+
+
+def read_terminal_until(leader: int, shown: bytearray, done: Callable[[bytes], bool]) -> None:
+    """Read what a child writes to its pseudo-terminal into `shown` until `done(shown)`;
+    fail if it goes quiet for 60 s first."""
+    while not done(bytes(shown)):
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, shown
+        shown += os.read(leader, 65536)
+
+
+def read_terminal_to_the_end(leader: int, shown: bytearray) -> str:
+    """Read the rest of what a child writes to its pseudo-terminal, until it closes it
+    (or is quiet for 60 s), into `shown`; close our end; return it all as text."""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # EIO: the child has gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return shown.decode("utf-8", "replace")

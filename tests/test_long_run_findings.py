@@ -60,6 +60,18 @@ def test_the_library_refuses_a_nul_in_a_database_path() -> None:
         resolve_database("app\x00.db")
 
 
+def _applied_then_state_family_dropped(tmp_path: Path, invoke: Invoke) -> tuple[Path, Path]:
+    """A database with one migration applied, then left as a kill while RocksDB created
+    the state's column family leaves it (the family missing from the newest OPTIONS)."""
+    db = create_database(tmp_path / "app.db", {b"k": b"v"})
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "1700000001_a.py").write_text("def up(ctx):\n    ctx.put(b'a', b'1')\n")
+    assert invoke("up", "-d", str(db), "-m", str(migrations)).exit_code == 0
+    _drop_family_from_newest_options(db, "pebble_migrate")
+    return db, migrations
+
+
 def _drop_family_from_newest_options(db: Path, family: str) -> None:
     """Make the newest OPTIONS file what a kill inside RocksDB's column-family creation
     leaves: the family is in the MANIFEST, not in the OPTIONS file."""
@@ -80,12 +92,7 @@ def test_a_family_missing_from_the_options_file_is_opened_and_mended(
     could open after a kill while the state's column family was being created."""
     import rocksdict
 
-    db = create_database(tmp_path / "app.db", {b"k": b"v"})
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    (migrations / "1700000001_a.py").write_text("def up(ctx):\n    ctx.put(b'a', b'1')\n")
-    assert invoke("up", "-d", str(db), "-m", str(migrations)).exit_code == 0
-    _drop_family_from_newest_options(db, "pebble_migrate")
+    db, migrations = _applied_then_state_family_dropped(tmp_path, invoke)
     with pytest.raises(Exception, match="Column families not opened"):
         rocksdict.Rdict(str(db))  # what the application's own open meets
 
@@ -115,12 +122,7 @@ def test_the_application_can_open_and_mend_it_through_open_database(
 
     import pebble_migrate as pm
 
-    db = create_database(tmp_path / "app.db", {b"k": b"v"})
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    (migrations / "1700000001_a.py").write_text("def up(ctx):\n    ctx.put(b'a', b'1')\n")
-    assert invoke("up", "-d", str(db), "-m", str(migrations)).exit_code == 0
-    _drop_family_from_newest_options(db, "pebble_migrate")
+    db, _ = _applied_then_state_family_dropped(tmp_path, invoke)
 
     opened = pm.open_database(db)
     try:

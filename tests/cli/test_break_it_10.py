@@ -19,8 +19,21 @@ from pathlib import Path
 import pytest
 
 from pebble_migrate.testing import create_database
-from tests.cli.test_operator import BODY, IDS, PAUSING_DOWN, common, run, values
-from tests.conftest import snapshot, tmpfs, write_migration
+from tests.cli.test_operator import (
+    BODY,
+    IDS,
+    common,
+    interrupt_the_rollback_of_the_third,
+    run,
+    values,
+)
+from tests.conftest import (
+    read_terminal_to_the_end,
+    read_terminal_until,
+    snapshot,
+    tmpfs,
+    write_migration,
+)
 
 # --- texts too long for the records that keep them ------------------------------------------
 
@@ -100,27 +113,10 @@ def test_a_huge_docstring_is_kept_shortened_in_the_history(tmp_path: Path) -> No
 # --- down --steps after an interrupted rollback ---------------------------------------------
 
 
-def _interrupt_the_rollback_of_the_third(project: Path, steps: str) -> None:
-    write_migration(project / "migrations", IDS[2], PAUSING_DOWN)
-    assert run("up", *common(project), cwd=project).returncode == 0
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pebble_migrate", "down", "--steps", steps, "--yes",
-         "--no-backup", "--chunk-records", "2", *common(project)],
-        cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert child.stdout is not None and child.stdin is not None
-    assert child.stdout.readline().strip() == "midway"
-    child.send_signal(signal.SIGINT)
-    child.stdin.write("\n")
-    child.stdin.close()
-    assert child.wait(timeout=60) == 130
-
-
 def test_down_steps_again_after_an_interrupted_rollback_is_refused_not_more_steps(
     project: Path,
 ) -> None:
-    _interrupt_the_rollback_of_the_third(project, "2")
+    interrupt_the_rollback_of_the_third(project, "2")
     before = snapshot(project / "app.db")
 
     again = run("down", "--steps", "2", "--yes", "--no-backup", *common(project), cwd=project)
@@ -205,26 +201,14 @@ def _at_the_prompt(project: Path, answer: bytes | None, *extra: str) -> tuple[in
     )  # fmt: skip
     os.close(follower)
     shown = bytearray()
-    while b"[y/N]: " not in shown:
-        ready, _, _ = select.select([leader], [], [], 60)
-        assert ready, shown
-        shown += os.read(leader, 4096)
+    read_terminal_until(leader, shown, lambda got: b"[y/N]: " in got)
     if answer is None:
         _until_reading_stdin(child.pid)  # a person's Ctrl+C comes while it waits
         child.send_signal(signal.SIGINT)
     else:
         os.write(leader, answer)
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        try:
-            chunk = os.read(leader, 4096) if ready else b""
-        except OSError:  # EIO: the child has gone
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
-    return child.wait(timeout=60), shown.decode("utf-8", "replace")
+    text = read_terminal_to_the_end(leader, shown)
+    return child.wait(timeout=60), text
 
 
 def test_end_of_input_at_a_prompt_is_a_no_and_ctrl_c_says_nothing_was_changed(
@@ -438,19 +422,8 @@ def test_on_a_dumb_terminal_progress_comes_as_lines_not_a_bar(tmp_path: Path) ->
         env={**os.environ, "TERM": "dumb"},
     )  # fmt: skip
     os.close(follower)
-    shown = bytearray()
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        try:
-            chunk = os.read(leader, 65536) if ready else b""
-        except OSError:  # EIO: the child has gone
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    text = read_terminal_to_the_end(leader, bytearray())
     assert child.wait(timeout=60) == 0
-    text = shown.decode("utf-8", "replace")
     assert "━" not in text and "\x1b[" not in text
     lines = text.splitlines()
     applied = next(i for i, line in enumerate(lines) if line.startswith("applied "))

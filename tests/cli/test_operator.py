@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from pebble_migrate.testing import contents, create_database
-from tests.conftest import snapshot, write_migration
+from tests.conftest import (
+    read_terminal_to_the_end,
+    read_terminal_until,
+    snapshot,
+    write_migration,
+)
 
 KEYS = {b"k:%02d" % i: b"v" for i in range(20)}
 
@@ -143,13 +148,13 @@ def down(ctx):
 """
 
 
-def test_status_names_the_version_an_interrupted_rollback_must_finish_at(
-    project: Path,
-) -> None:
+def interrupt_the_rollback_of_the_third(project: Path, steps: str) -> None:
+    """Apply the three migrations, then stop `down --steps STEPS` with SIGINT halfway
+    through the third one's rollback (exit 130)."""
     write_migration(project / "migrations", IDS[2], PAUSING_DOWN)
     assert run("up", *common(project), cwd=project).returncode == 0
     child = subprocess.Popen(
-        [sys.executable, "-m", "pebble_migrate", "down", "--steps", "1", "--yes",
+        [sys.executable, "-m", "pebble_migrate", "down", "--steps", steps, "--yes",
          "--no-backup", "--chunk-records", "2", *common(project)],
         cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -160,6 +165,12 @@ def test_status_names_the_version_an_interrupted_rollback_must_finish_at(
     child.stdin.write("\n")
     child.stdin.close()
     assert child.wait(timeout=60) == 130
+
+
+def test_status_names_the_version_an_interrupted_rollback_must_finish_at(
+    project: Path,
+) -> None:
+    interrupt_the_rollback_of_the_third(project, "1")
 
     text = run("status", *common(project), cwd=project)
     shown = json.loads(run("status", "--json", *common(project), cwd=project).stdout)
@@ -715,24 +726,14 @@ def test_on_ctrl_c_the_bar_is_cleared_before_any_message(slow: Path) -> None:
         cwd=slow, stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True,
     )  # fmt: skip
     os.close(secondary)
-    seen = b""
-    while b"keys/s" not in seen and b"/3000" not in seen:  # the bar is on screen
-        chunk = os.read(primary, 4096)
-        assert chunk, seen
-        seen += chunk
+    seen = bytearray()
+    # The bar is on screen:
+    read_terminal_until(primary, seen, lambda got: b"keys/s" in got or b"/3000" in got)
     child.send_signal(signal.SIGINT)
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
+    shown = read_terminal_to_the_end(primary, seen)
     assert child.wait(timeout=60) == 130
-    os.close(primary)
 
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
     for message in ("SIGINT received", "Error: interrupted"):
         line = next(part for part in re.split(r"[\r\n]", text) if message in part)
         assert line.startswith(message), repr(line)

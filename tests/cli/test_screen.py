@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from pebble_migrate.cli.screen import Screen, Styled, columns, styled, wants_color, width
 from pebble_migrate.testing import contents, create_database
-from tests.conftest import write_migration
+from tests.conftest import read_terminal_to_the_end, read_terminal_until, write_migration
 
 # --- layout ------------------------------------------------------------------------------
 
@@ -133,21 +132,8 @@ def _on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int
         env=full,
     )
     os.close(follower)
-    received = bytearray()
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        if not ready:
-            child.kill()
-            break
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(leader)
-    return child.wait(timeout=60), received.decode("utf-8", "replace")
+    received = read_terminal_to_the_end(leader, bytearray())
+    return child.wait(timeout=60), received
 
 
 @pytest.fixture
@@ -237,23 +223,10 @@ def test_ctrl_c_takes_the_bar_off_the_screen_before_the_interruption_message(
     os.close(follower)
     shown = bytearray()
     bar = "━".encode()
-    while bar not in shown or b"/3000" not in shown[shown.find(bar) :]:
-        ready, _, _ = select.select([leader], [], [], 60)
-        assert ready, shown
-        shown += os.read(leader, 65536)
+    read_terminal_until(leader, shown, lambda got: bar in got and b"/3000" in got[got.find(bar) :])
     child.send_signal(signal.SIGINT)
-    while True:
-        ready, _, _ = select.select([leader], [], [], 60)
-        try:
-            chunk = os.read(leader, 65536) if ready else b""
-        except OSError:  # EIO: the child has gone
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    text = read_terminal_to_the_end(leader, shown)
     assert child.wait(timeout=60) == 130
-    text = shown.decode("utf-8", "replace")
     message = text.index("interrupted at b's:")
     after_the_bar = text[text.rindex("━", 0, message) : message]
     # rich erases the bar's line (cursor up, erase line) instead of leaving its last,
